@@ -1,0 +1,69 @@
+"""One error hierarchy for alkit; the CLI maps each class to an exit code in one place.
+
+Every message is one line that states the numbers involved and the fix.
+"""
+
+from __future__ import annotations
+
+
+class AlkitError(Exception):
+    """Base of every error alkit raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(AlkitError):
+    """alkit.toml, an environment variable or a flag holds a value alkit cannot use."""
+
+    exit_code = 3
+
+
+class ProjectNotFoundError(ConfigError):
+    """No alkit project (alkit.toml) in the given directory."""
+
+
+class InputError(AlkitError):
+    """A file, path, CSV or argument given by the user is wrong."""
+
+    exit_code = 4
+
+
+class UnknownNameError(InputError):
+    """A registry lookup by name failed; the message lists the valid names."""
+
+
+class StateError(AlkitError):
+    """The pool is not in a state where the command can run (no embeddings, budget too big...)."""
+
+    exit_code = 5
+
+
+class ExternalServiceError(AlkitError):
+    """Label Studio (or another service) is down, refused the token or answered an error."""
+
+    exit_code = 6
+
+
+class IntegrityError(AlkitError):
+    """Stored artefacts do not match (embedding spec, class list, index, posterior file)."""
+
+    exit_code = 7
+
+
+class LockedError(AlkitError):
+    """Another alkit process holds the project lock."""
+
+    exit_code = 8
+
+
+EXIT_CODES: dict[str, int] = {
+    "ok": 0,
+    "internal error (a bug: rerun with --debug and report it)": 1,
+    "usage error (bad flag or argument)": 2,
+    "configuration / project error": ConfigError.exit_code,
+    "bad input (file, path, CSV, name)": InputError.exit_code,
+    "pool state does not allow the command": StateError.exit_code,
+    "external service (Label Studio) error": ExternalServiceError.exit_code,
+    "stored artefacts do not match": IntegrityError.exit_code,
+    "project locked by another process": LockedError.exit_code,
+}

@@ -1,0 +1,72 @@
+"""`alkit classes`: the class list (order = the K axis everywhere) and its prompts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from alkit.errors import InputError, StateError
+from alkit.project import Project
+from alkit.storage.pool import class_rows
+from alkit.storage.schema import classes, labels
+
+
+def read_class_file(path: Path) -> list[str]:
+    """One class name per line; blank lines and `#` comments are skipped."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise InputError(f"cannot read class file {path}: {error.strerror}; check the path") from None
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+def set_classes(project: Project, names: list[str], template: str | None = None) -> list[dict]:
+    """Replace the class list. Renaming or dropping a class that has labels is refused."""
+    names = [name.strip() for name in names if name.strip()]
+    if not names:
+        raise InputError("no class names given; pass names or --file FILE with one name per line")
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise InputError(f"duplicate class names: {', '.join(duplicates)}; each class must appear once")
+    template = template or project.settings.template
+    if "{}" not in template:
+        raise InputError(f"prompt template {template!r} has no {{}} placeholder; e.g. 'a photo of a {{}}'")
+    with project.engine.begin() as connection:
+        existing = {row.name: row for row in class_rows(connection)}
+        dropped = set(existing) - set(names)
+        if dropped:
+            used = connection.execute(
+                sa.select(classes.c.name, sa.func.count(labels.c.id))
+                .join(labels, labels.c.class_id == classes.c.id)
+                .where(classes.c.name.in_(dropped))
+                .group_by(classes.c.name)
+            ).all()
+            if used:
+                detail = ", ".join(f"{name} ({count} labels)" for name, count in used)
+                raise StateError(f"cannot drop classes with labels: {detail}; keep them in the list")
+            connection.execute(classes.delete().where(classes.c.name.in_(dropped)))
+        # Two passes so reordering never collides on positions.
+        for position, name in enumerate(names):
+            prompt = template.replace("{}", name)
+            if name in existing:
+                connection.execute(
+                    classes.update().where(classes.c.name == name).values(prompt=prompt, position=position + len(names))
+                )
+            else:
+                connection.execute(classes.insert().values(name=name, prompt=prompt, position=position + len(names)))
+        connection.execute(classes.update().values(position=classes.c.position - len(names)))
+        return [dict(row._mapping) for row in class_rows(connection)]
+
+
+def list_classes(project: Project) -> list[dict]:
+    with project.engine.connect() as connection:
+        return [dict(row._mapping) for row in class_rows(connection)]
+
+
+def classes_key(names: list[str], prompts: list[str]) -> str:
+    """Identity of a class list (names, order and prompts), stored with every posterior."""
+    payload = json.dumps({"names": names, "prompts": prompts}, separators=(",", ":"))
+    return hashlib.blake2b(payload.encode(), digest_size=16).hexdigest()

@@ -1,0 +1,157 @@
+"""`alkit labels import/export`: labels from CSV files, and the resolved labels out."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from alkit.errors import InputError, StateError
+from alkit.project import Project
+from alkit.storage.db import utcnow
+from alkit.storage.schema import ImageStatus, LabelSource, classes, images, labels
+
+
+@dataclass
+class LabelImportResult:
+    imported: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    unknown_paths: list[str] = field(default_factory=list)
+    unknown_classes: dict[str, int] = field(default_factory=dict)
+    rows: int = 0
+
+    def as_json(self) -> dict:
+        return {
+            "rows": self.rows,
+            "imported": self.imported,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "unknown_paths": self.unknown_paths,
+            "unknown_classes": self.unknown_classes,
+        }
+
+
+def _candidate_paths(raw: str, csv_dir: Path) -> list[str]:
+    path = Path(raw).expanduser()
+    if path.is_absolute():
+        return [os.path.realpath(path)]
+    return [os.path.realpath(csv_dir / path), os.path.realpath(path)]
+
+
+def read_label_csv(path: Path) -> list[tuple[str, str]]:
+    try:
+        handle = path.open(newline="", encoding="utf-8")
+    except OSError as error:
+        raise InputError(f"cannot read {path}: {error.strerror}; check the path") from None
+    with handle:
+        try:
+            reader = csv.DictReader(handle)
+            if reader.fieldnames is None or not {"path", "label"} <= {f.strip() for f in reader.fieldnames}:
+                raise InputError(f"{path}: needs a header with columns path,label; found {reader.fieldnames}")
+            rows = []
+            for line_number, row in enumerate(reader, start=2):
+                row = {(k or "").strip(): (v or "").strip() for k, v in row.items() if k is not None}
+                if not row.get("path") or not row.get("label"):
+                    raise InputError(f"{path}:{line_number}: empty path or label; fix or delete the row")
+                rows.append((row["path"], row["label"]))
+        except (csv.Error, UnicodeDecodeError) as error:
+            raise InputError(f"{path}: not a readable UTF-8 CSV ({error})") from None
+    return rows
+
+
+def import_labels(
+    project: Project, csv_path: Path, annotator: str = "import", strict: bool = False
+) -> LabelImportResult:
+    """Import `path,label` rows as labels from source `file`.
+
+    Rows naming an unknown image or class are reported (not silently dropped); with
+    `strict`, any such row aborts the import before anything is written.
+    """
+    rows = read_label_csv(csv_path)
+    result = LabelImportResult(rows=len(rows))
+    csv_dir = csv_path.resolve().parent
+    now = utcnow()
+    with project.engine.begin() as connection:
+        class_ids = dict(connection.execute(sa.select(classes.c.name, classes.c.id)).all())
+        if not class_ids:
+            raise StateError("no classes defined; run `alkit classes set NAME...` before importing labels")
+        path_ids = dict(connection.execute(sa.select(images.c.path, images.c.id).where(images.c.status != ImageStatus.REJECTED.value)).all())
+        resolved: list[tuple[int, int]] = []
+        unknown_classes: Counter[str] = Counter()
+        for raw_path, label in rows:
+            image_id = next((path_ids[p] for p in _candidate_paths(raw_path, csv_dir) if p in path_ids), None)
+            if image_id is None:
+                result.unknown_paths.append(raw_path)
+                continue
+            if label not in class_ids:
+                unknown_classes[label] += 1
+                continue
+            resolved.append((image_id, class_ids[label]))
+        result.unknown_classes = dict(unknown_classes)
+        if strict and (result.unknown_paths or unknown_classes):
+            raise InputError(
+                f"{len(result.unknown_paths)} unknown paths and {sum(unknown_classes.values())} rows with unknown classes "
+                f"({', '.join(sorted(unknown_classes)) or '-'}); nothing imported; `alkit add` the images / "
+                "`alkit classes set` the classes, or drop --strict"
+            )
+        existing = {
+            image_id: class_id
+            for image_id, class_id in connection.execute(
+                sa.select(labels.c.image_id, labels.c.class_id).where(
+                    labels.c.source == LabelSource.FILE.value, labels.c.annotator == annotator
+                )
+            )
+        }
+        for image_id, class_id in dict(resolved).items():
+            if image_id not in existing:
+                connection.execute(
+                    labels.insert().values(
+                        image_id=image_id, class_id=class_id, source=LabelSource.FILE.value,
+                        annotator=annotator, created_at=now,
+                    )
+                )
+                result.imported += 1
+            elif existing[image_id] != class_id:
+                connection.execute(
+                    labels.update()
+                    .where(labels.c.image_id == image_id, labels.c.source == LabelSource.FILE.value, labels.c.annotator == annotator)
+                    .values(class_id=class_id, created_at=now)
+                )
+                result.updated += 1
+            else:
+                result.unchanged += 1
+        mark_labeled(connection, [image_id for image_id, _ in resolved])
+    return result
+
+
+def mark_labeled(connection, image_ids: list[int]) -> None:
+    """Set the lifecycle status of newly labelled images."""
+    if image_ids:
+        connection.execute(
+            images.update()
+            .where(images.c.id.in_(image_ids), images.c.status != ImageStatus.REJECTED.value)
+            .values(status=ImageStatus.LABELED.value, updated_at=utcnow())
+        )
+
+
+def export_labels(project: Project) -> list[dict]:
+    """Every stored label, one dict each (absolute paths), oldest first."""
+    query = (
+        sa.select(
+            images.c.id.label("image_id"), images.c.path, classes.c.name.label("label"), labels.c.source,
+            labels.c.annotator, labels.c.created_at,
+        )
+        .join(images, images.c.id == labels.c.image_id)
+        .join(classes, classes.c.id == labels.c.class_id)
+        .order_by(labels.c.created_at, labels.c.id)
+    )
+    with project.engine.connect() as connection:
+        return [
+            {**row._mapping, "created_at": row.created_at.isoformat() if row.created_at else None}
+            for row in connection.execute(query)
+        ]

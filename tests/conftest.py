@@ -1,0 +1,70 @@
+"""Shared fixtures: tiny real projects, tiny real images, a CliRunner bound to the app."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub download attempt takes ~46 s to fail here
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+
+def write_png(path: Path, seed: int, size: tuple[int, int] = (16, 12), mode: str = "RGB") -> Path:
+    """A small random image; different seeds give different content (and hashes)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "L": 1, "RGBA": 4}[mode]
+    pixels = rng.integers(0, 256, size=(size[1], size[0], channels), dtype=np.uint8)
+    image = Image.fromarray(pixels.squeeze(-1) if channels == 1 else pixels, mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path
+
+
+@pytest.fixture
+def make_images(tmp_path):
+    """`make_images(n, folder="images", start_seed=0)` writes n distinct PNGs and returns their paths."""
+
+    def make(count: int, folder: str = "images", start_seed: int = 0, size=(16, 12)) -> list[Path]:
+        return [write_png(tmp_path / folder / f"img_{start_seed + i:04d}.png", start_seed + i, size) for i in range(count)]
+
+    return make
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture
+def cli(runner, tmp_path, monkeypatch):
+    """`cli("add", "dir", "--json")` runs alkit in a fresh project dir; returns the Result."""
+    from alkit_cli.main import app
+
+    project_dir = tmp_path / "project"
+    monkeypatch.delenv("ALKIT_PROJECT", raising=False)
+    for name in list(os.environ):
+        if name.startswith("ALKIT_") and name != "ALKIT_LS_TOKEN":
+            monkeypatch.delenv(name, raising=False)
+
+    def invoke(*args: str, input: str | None = None):
+        return runner.invoke(app, ["--project", str(project_dir), *map(str, args)], input=input, catch_exceptions=False)
+
+    invoke.project_dir = project_dir
+    return invoke
+
+
+@pytest.fixture
+def project(tmp_path):
+    """An initialised project (SQLite) opened through the library API."""
+    from alkit.project import init_project, open_project
+
+    directory = tmp_path / "lib_project"
+    init_project(directory)
+    return open_project(directory)
