@@ -34,8 +34,9 @@ def insert_ignoring_conflicts(connection: Connection, table: sa.Table, rows: lis
             except sa.exc.IntegrityError:
                 pass
         return inserted
-    result = connection.execute(insert(table).on_conflict_do_nothing(), rows)
-    return max(result.rowcount, 0)
+    # RETURNING counts reliably on both backends (executemany rowcount does not on psycopg).
+    statement = insert(table).on_conflict_do_nothing().returning(*table.primary_key.columns)
+    return len(connection.execute(statement, rows).all())
 
 
 def class_names(connection: Connection) -> list[str]:
