@@ -1,6 +1,6 @@
 """Registering many small images: files/s of `alkit add` (hash + header probe + DB insert).
 
-    python benchmarks/ingest.py --n 100000
+    python -m benchmarks.ingest --n 100000
 
 Generates N distinct 16x16 PNG files (not timed), then times one `add_images` run over the
 folder and a second, idempotent run (everything already registered).
