@@ -84,6 +84,14 @@ def _register_commands() -> None:
     pool_cmd.register(app)
     app.add_typer(classes_cmd.app, name="classes")
     app.add_typer(labels_cmd.app, name="labels")
+    from alkit_cli import ls_cmd; ls_cmd.register(app)  # noqa: E702 - Label Studio: ls, push, pull, sync
+    from alkit_cli import embed_cmd; embed_cmd.register(app)  # noqa: E702
+    from alkit_cli import demo_cmd, eval_cmd, fit_cmd, select_cmd
+
+    fit_cmd.register(app)
+    select_cmd.register(app)
+    eval_cmd.register(app)
+    demo_cmd.register(app)
 
 
 _register_commands()

@@ -1,0 +1,149 @@
+"""What identifies a set of vectors: architecture + weights (+ model config), as data.
+
+`resolve_weights` turns the `pretrained` setting into a `WeightsSource` without loading any
+model: a hub tag, a local checkpoint file (identified by its content hash) or nothing
+(seeded random weights, for tests only). `spec_key` hashes what makes two runs' vectors
+comparable; embeddings of different keys never mix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from alkit.errors import InputError, UnknownNameError
+from alkit.registry import Registry
+
+OPEN_CLIP_KIND = "open_clip"
+IMPORTED_KIND = "imported"
+HASH_CHUNK = 1 << 22
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    kind: str  # "tag" | "checkpoint" | "random"
+    value: str | None  # the tag, the absolute checkpoint path, or None
+    checkpoint_hash: str | None = None
+    random_seed: int | None = None
+
+    @property
+    def identity(self) -> str:
+        """What the spec key depends on (a checkpoint's path may change, its hash may not)."""
+        if self.kind == "tag":
+            return f"tag:{self.value}"
+        if self.kind == "checkpoint":
+            return f"blake2b:{self.checkpoint_hash}"
+        return f"random:seed={self.random_seed}"
+
+    def display(self) -> str:
+        if self.kind == "tag":
+            return str(self.value)
+        if self.kind == "checkpoint":
+            return f"{Path(str(self.value)).name}@{str(self.checkpoint_hash)[:8]}"
+        return f"RANDOM(seed={self.random_seed})"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "value": self.value,
+            "checkpoint_hash": self.checkpoint_hash,
+            "random_seed": self.random_seed,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "WeightsSource":
+        return cls(data["kind"], data.get("value"), data.get("checkpoint_hash"), data.get("random_seed"))
+
+
+def file_hash(path: str | os.PathLike) -> str:
+    """blake2b-256 of a file, read in 4 MiB chunks (checkpoints can be gigabytes)."""
+    digest = hashlib.blake2b(digest_size=32)
+    with open(path, "rb") as handle:
+        while chunk := handle.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _register_demo_clip() -> None:
+    from alkit.demo.tiny_clip import register_tiny_clip_config
+
+    register_tiny_clip_config()
+
+
+def _register_tiny_vit() -> None:
+    from alkit.embedding.tiny import register_config
+
+    register_config()
+
+
+# Model configs that ship with alkit (as data, not weights): registered with open_clip on
+# first use, in whichever process asks for them (`alkit embed --model alkit-tiny-clip`).
+BUNDLED_CONFIGS: Registry[Callable[[], None]] = Registry("bundled open_clip config")
+BUNDLED_CONFIGS.register("alkit-tiny-clip", _register_demo_clip, "the demo's small CLIP trained on MNIST digits")
+BUNDLED_CONFIGS.register("alkit-tiny-vit", _register_tiny_vit, "a tiny random ViT for tests and benchmarks")
+
+
+def check_architecture(architecture: str) -> dict[str, Any]:
+    """open_clip's config for `architecture` (`{}` for hub-hosted `hf-hub:` models)."""
+    import open_clip
+
+    if architecture.startswith(("hf-hub:", "local-dir:")):
+        return {}
+    if architecture in BUNDLED_CONFIGS and open_clip.get_model_config(architecture) is None:
+        BUNDLED_CONFIGS.get(architecture)()
+    config = open_clip.get_model_config(architecture)
+    if config is None:
+        known = open_clip.list_models()
+        shown = ", ".join(known[:12])
+        raise UnknownNameError(
+            f"unknown open_clip architecture {architecture!r} ({len(known)} known, e.g. {shown}); "
+            "pass --model NAME from open_clip.list_models()"
+        )
+    return config
+
+
+def resolve_weights(architecture: str, pretrained: str | None, seed: int) -> WeightsSource:
+    """Classify `pretrained` as hub tag, checkpoint file or absent (random weights)."""
+    import open_clip
+
+    if not pretrained:
+        return WeightsSource("random", None, random_seed=seed)
+    if architecture.startswith(("hf-hub:", "local-dir:")):
+        return WeightsSource("tag", pretrained)
+    tags = open_clip.list_pretrained_tags_by_model(architecture)
+    if pretrained in tags:
+        return WeightsSource("tag", pretrained)
+    path = Path(pretrained).expanduser()
+    if path.is_file():
+        resolved = path.resolve()
+        return WeightsSource("checkpoint", str(resolved), checkpoint_hash=file_hash(resolved))
+    if path.exists():
+        raise InputError(f"--pretrained {pretrained}: not a file; pass a checkpoint file or a tag")
+    shown = ", ".join(tags) or "none"
+    raise InputError(
+        f"--pretrained {pretrained!r} is neither a checkpoint file nor a tag of {architecture} "
+        f"(tags: {shown}); fix the path or the tag"
+    )
+
+
+def spec_key(kind: str, architecture: str, weights_identity: str, config: dict[str, Any]) -> str:
+    """Identity of a vector space; open_clip version, device and precision are recorded, not keyed."""
+    payload = json.dumps(
+        {"kind": kind, "architecture": architecture, "weights": weights_identity, "config": config},
+        sort_keys=True,
+        separators=(",", ":"),
+        default=str,
+    )
+    return hashlib.blake2b(payload.encode(), digest_size=16).hexdigest()
+
+
+def imported_key(name: str) -> str:
+    return spec_key(IMPORTED_KIND, "", f"name:{name}", {})
+
+
+def spec_name(architecture: str, weights: WeightsSource) -> str:
+    return f"{architecture}/{weights.display()}"

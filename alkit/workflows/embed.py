@@ -1,0 +1,526 @@
+"""`alkit embed`: vectors for every registered image, per embedding spec, resumable after kill -9.
+
+Also the library API later stages use: `current_spec`, `load_vectors`, `iter_vector_chunks`
+(re-exported from `alkit.storage.vectors`), `load_text_features` and `encoder_for_spec`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+
+from alkit.embedding.spec import (
+    IMPORTED_KIND,
+    OPEN_CLIP_KIND,
+    WeightsSource,
+    check_architecture,
+    file_hash,
+    imported_key,
+    resolve_weights,
+    spec_key,
+    spec_name,
+)
+from alkit.errors import InputError, IntegrityError, StateError
+from alkit.progress import progress_bar
+from alkit.project import Project
+from alkit.storage.db import utcnow
+from alkit.storage.pool import class_rows
+from alkit.storage.schema import ImageStatus, embedding_specs, embeddings, images
+from alkit.storage.vectors import (  # noqa: F401  (re-exported library API)
+    PROJECTIONS_FILE,
+    TextFeatures,
+    collect_garbage,
+    current_spec,
+    ensure_spec,
+    iter_vector_chunks,
+    load_tensors,
+    load_vectors,
+    next_shard,
+    record_shard,
+    save_tensors,
+    set_current,
+    spec_directory,
+    spec_lock,
+    spec_row,
+    write_shard,
+)
+
+SHARD_ROWS = 1024  # images per shard file and per DB transaction
+FLUSH_SECONDS = 30.0  # ... or fewer, so a kill loses at most this much work
+PAGE_ROWS = 1000  # pending images fetched per query
+
+
+@dataclass
+class EmbedResult:
+    spec_id: int
+    spec_name: str
+    spec_key: str
+    random_weights: bool
+    device: str = "cpu"
+    precision: str = "fp32"
+    pending: int = 0  # images without vectors at the start
+    embedded: int = 0
+    rejected: list[dict] = field(default_factory=list)  # {image_id, path, reason}
+    shards_written: int = 0
+    orphans_removed: int = 0
+    text_features: str | None = None  # file for the current class list, if any
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.embedded / self.seconds if self.seconds > 0 else 0.0
+
+    def as_json(self) -> dict:
+        return {
+            "spec_id": self.spec_id,
+            "spec": self.spec_name,
+            "key": self.spec_key,
+            "random_weights": self.random_weights,
+            "device": self.device,
+            "precision": self.precision,
+            "pending": self.pending,
+            "embedded": self.embedded,
+            "rejected": self.rejected,
+            "shards_written": self.shards_written,
+            "orphans_removed": self.orphans_removed,
+            "text_features": self.text_features,
+            "seconds": round(self.seconds, 3),
+            "images_per_second": round(self.images_per_second, 2),
+        }
+
+
+# --- pending work --------------------------------------------------------------------------
+
+
+def _pending_filter(spec_id: int | None):
+    condition = images.c.status != ImageStatus.REJECTED.value
+    if spec_id is not None:
+        done = sa.select(embeddings.c.image_id).where(
+            embeddings.c.spec_id == spec_id, embeddings.c.image_id == images.c.id
+        )
+        condition = sa.and_(condition, ~sa.exists(done))
+    return condition
+
+
+def count_pending(project: Project, spec_id: int | None) -> int:
+    with project.engine.connect() as connection:
+        return int(connection.execute(sa.select(sa.func.count()).select_from(images).where(_pending_filter(spec_id))).scalar_one())
+
+
+def iter_pending(project: Project, spec_id: int, page: int = PAGE_ROWS):
+    """(image_id, path) of images without vectors for the spec, streamed by ascending id."""
+    last = -1
+    while True:
+        with project.engine.connect() as connection:
+            rows = connection.execute(
+                sa.select(images.c.id, images.c.path)
+                .where(_pending_filter(spec_id), images.c.id > last)
+                .order_by(images.c.id)
+                .limit(page)
+            ).all()
+        if not rows:
+            return
+        for image_id, path in rows:
+            yield int(image_id), path
+        last = int(rows[-1][0])
+
+
+# --- specs and encoders --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlannedSpec:
+    architecture: str
+    weights: WeightsSource
+    config: dict
+    key: str
+
+    @property
+    def name(self) -> str:
+        return spec_name(self.architecture, self.weights)
+
+
+def plan_spec(architecture: str, pretrained: str | None, seed: int) -> PlannedSpec:
+    """Identify the vector space of (architecture, weights) without loading the model."""
+    config = check_architecture(architecture)
+    weights = resolve_weights(architecture, pretrained, seed)
+    return PlannedSpec(architecture, weights, config, spec_key(OPEN_CLIP_KIND, architecture, weights.identity, config))
+
+
+def _spec_json(planned: PlannedSpec, encoder, dim: int, phi_dim: int | None, text_phi_dim: int | None, device: str, precision: str) -> dict:
+    import open_clip
+
+    return {
+        "architecture": planned.architecture,
+        "weights": planned.weights.as_json(),
+        "image_size": encoder.image_size,
+        "dim": dim,
+        "phi_dim": phi_dim,
+        "text_phi_dim": text_phi_dim,
+        "image_projection": None if encoder.image_proj is None else encoder.image_proj.name,
+        "text_projection": None if encoder.text_proj is None else encoder.text_proj.name,
+        "preprocess": {k: (list(v) if isinstance(v, tuple) else v) for k, v in encoder.preprocess_cfg.items()},
+        "open_clip_version": open_clip.__version__,
+        "device": device,
+        "precision": precision,
+        "storage_dtype": "float16",
+        "config": planned.config,
+    }
+
+
+def _as_spec_row(project: Project, spec: Any) -> sa.Row:
+    if isinstance(spec, int):
+        with project.engine.connect() as connection:
+            return spec_row(connection, spec)
+    return spec
+
+
+def encoder_for_spec(project: Project, spec: Any):
+    """The open_clip encoder that made a spec's vectors (spec row or id); device/precision
+    from the project settings. Imported specs have none: StateError."""
+    from alkit.embedding.model import load_open_clip
+
+    row = _as_spec_row(project, spec)
+    if row.kind != OPEN_CLIP_KIND:
+        raise StateError(
+            f"embedding spec {row.name!r} was imported from a file and has no encoder, so it cannot embed text "
+            "queries or new images; run alkit embed --model ARCH to use an open_clip spec"
+        )
+    weights = WeightsSource.from_json(row.spec["weights"])
+    if weights.kind == "checkpoint":
+        path = Path(str(weights.value))
+        if not path.is_file():
+            raise IntegrityError(f"checkpoint {path} of embedding spec {row.name!r} is missing; restore the file")
+        if file_hash(path) != weights.checkpoint_hash:
+            raise IntegrityError(
+                f"checkpoint {path} changed since spec {row.name!r} was embedded (hash differs); restore it or re-embed"
+            )
+    settings = project.settings
+    return load_open_clip(row.spec["architecture"], weights, settings.device, settings.precision)
+
+
+# --- text features -------------------------------------------------------------------------
+
+
+def _class_list(project: Project) -> tuple[list[str], list[str], str | None]:
+    from alkit.workflows.classes import classes_key
+
+    with project.engine.connect() as connection:
+        rows = class_rows(connection)
+    names, prompts = [r.name for r in rows], [r.prompt for r in rows]
+    return names, prompts, (classes_key(names, prompts) if names else None)
+
+
+def text_features_path(project: Project, spec_key_: str, classes_key_: str) -> Path:
+    return spec_directory(project, spec_key_) / f"text-{classes_key_}.safetensors"
+
+
+def ensure_text_features(project: Project, spec: Any, encoder=None) -> Path | None:
+    """The text-feature file of `spec` for the current class list, computed if missing.
+
+    None when there are no classes, or the spec was imported without text embeddings for
+    this class list.
+    """
+    row = _as_spec_row(project, spec)
+    _, prompts, key = _class_list(project)
+    if key is None:
+        return None
+    path = text_features_path(project, row.key, key)
+    if path.is_file():
+        return path
+    if row.kind != OPEN_CLIP_KIND:
+        return None
+    encoder = encoder or encoder_for_spec(project, row)
+    emb, psi = encoder.encode_texts(prompts)  # (K, D), (K, d_t) | None
+    tensors = {"text_emb": _normalise(emb.numpy())}
+    if psi is not None:
+        tensors["psi"] = psi.numpy()
+    save_tensors(path, tensors, metadata={"classes_key": key})
+    return path
+
+
+def load_text_features(project: Project, spec_id: int | None = None) -> TextFeatures:
+    """(text_emb (K, D), psi (K, d_t), P (d, D), Q (d_t, D), logit_scale) for the current class
+    list; recomputed (once, then cached by class-list key) when the class list changed.
+    Fields the spec cannot provide are None (imported specs: only text_emb, if given)."""
+    with project.engine.connect() as connection:
+        row = current_spec(connection) if spec_id is None else spec_row(connection, spec_id)
+    path = ensure_text_features(project, row)
+    text = load_tensors(path) if path is not None else {}
+    projections_path = spec_directory(project, row.key) / PROJECTIONS_FILE
+    projections = load_tensors(projections_path) if projections_path.is_file() else {}
+    scale = projections.get("logit_scale")
+    return TextFeatures(
+        text.get("text_emb"), text.get("psi"), projections.get("P"), projections.get("Q"), None if scale is None else float(scale)
+    )
+
+
+def load_projections(project: Project, spec_id: int) -> dict[str, np.ndarray]:
+    """All projection tensors of a spec: P, Q and, where the model has them, P_bias, Q_bias, logit_bias."""
+    with project.engine.connect() as connection:
+        row = spec_row(connection, spec_id)
+    path = spec_directory(project, row.key) / PROJECTIONS_FILE
+    return load_tensors(path) if path.is_file() else {}
+
+
+# --- the embed run ---------------------------------------------------------------------------
+
+
+def _normalise(array: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(array, axis=1, keepdims=True)
+    return array / np.maximum(norms, 1e-12)
+
+
+class _ShardWriter:
+    """Buffers rows; `flush` writes one shard durably, then its DB rows in one transaction."""
+
+    def __init__(self, project: Project, spec_id: int, directory: Path, result: EmbedResult):
+        self.project, self.spec_id, self.directory, self.result = project, spec_id, directory, result
+        self.ids: list[np.ndarray] = []
+        self.arrays: dict[str, list[np.ndarray]] = {}
+        self.rejected: list[tuple[int, str]] = []
+        self.rows = 0
+
+    def add(self, ids: np.ndarray, arrays: dict[str, np.ndarray]) -> None:
+        self.ids.append(ids)
+        for kind, array in arrays.items():
+            self.arrays.setdefault(kind, []).append(array.astype(np.float16))
+        self.rows += len(ids)
+
+    def flush(self) -> None:
+        if not self.rows and not self.rejected:
+            return
+        now = utcnow()
+        ids = np.concatenate(self.ids) if self.ids else np.zeros(0, dtype=np.int64)
+        if len(ids):
+            with self.project.engine.connect() as connection:
+                shard = next_shard(connection, self.spec_id, self.directory)
+            write_shard(self.directory, shard, {kind: np.concatenate(parts) for kind, parts in self.arrays.items()})
+        with self.project.engine.begin() as connection:
+            if len(ids):
+                record_shard(connection, self.spec_id, shard, ids.tolist())
+                connection.execute(
+                    images.update()
+                    .where(images.c.id.in_(ids.tolist()), images.c.status == ImageStatus.REGISTERED.value)
+                    .values(status=ImageStatus.EMBEDDED.value, updated_at=now)
+                )
+            for image_id, reason in self.rejected:
+                connection.execute(
+                    images.update()
+                    .where(images.c.id == image_id)
+                    .values(status=ImageStatus.REJECTED.value, error_reason=reason, updated_at=now)
+                )
+        if len(ids):
+            self.result.shards_written += 1
+            self.result.embedded += len(ids)
+        self.ids, self.arrays, self.rejected, self.rows = [], {}, [], 0
+
+
+def embed_images(
+    project: Project,
+    show_progress: bool | None = None,
+    shard_rows: int = SHARD_ROWS,
+    flush_seconds: float = FLUSH_SECONDS,
+) -> EmbedResult:
+    """Embed every non-rejected image without vectors for the spec given by the project
+    settings (model, pretrained, batch_size, workers, device, precision, seed), and make that
+    spec current. Safe to kill at any point and rerun."""
+    from alkit.embedding.decode import BatchDecoder, batch_loader
+    from alkit.embedding.model import load_open_clip, resolve_device
+
+    settings = project.settings
+    if settings.batch_size < 1 or settings.workers < 0:
+        raise InputError(f"batch size must be >= 1 and workers >= 0 (got {settings.batch_size}, {settings.workers})")
+    planned = plan_spec(settings.model, settings.pretrained, settings.seed)
+    directory = spec_directory(project, planned.key)
+    device = resolve_device(settings.device)
+    with spec_lock(directory):
+        with project.engine.connect() as connection:
+            existing = connection.execute(sa.select(embedding_specs).where(embedding_specs.c.key == planned.key)).first()
+        pending = count_pending(project, existing.id if existing else None)
+        _, _, classes_key_ = _class_list(project)
+        text_ready = classes_key_ is None or (
+            existing is not None and text_features_path(project, planned.key, classes_key_).is_file()
+        )
+        if existing is not None and pending == 0 and text_ready:  # nothing to do: no model load
+            with project.engine.begin() as connection:
+                set_current(connection, existing.id)
+                removed = collect_garbage(connection, existing.id, directory)
+            path = text_features_path(project, planned.key, classes_key_) if classes_key_ else None
+            return EmbedResult(existing.id, existing.name, planned.key, planned.weights.kind == "random", device,
+                               settings.precision, orphans_removed=removed, text_features=None if path is None else str(path))
+
+        encoder = load_open_clip(planned.architecture, planned.weights, device, settings.precision)
+        probe, psi = encoder.encode_texts(["a photo"])
+        dim = int(probe.shape[1])
+        phi_dim = None if encoder.image_proj is None else int(encoder.image_proj.matrix().shape[0])
+        text_phi_dim = None if psi is None else int(psi.shape[1])
+        spec = _spec_json(planned, encoder, dim, phi_dim, text_phi_dim, device, settings.precision)
+        with project.engine.begin() as connection:
+            row = ensure_spec(connection, planned.key, OPEN_CLIP_KIND, planned.name, spec, dim, phi_dim)
+            set_current(connection, row.id)
+            removed = collect_garbage(connection, row.id, directory)
+        if not (directory / PROJECTIONS_FILE).is_file():
+            tensors = {k: v.numpy() for k, v in encoder.projection_tensors().items()}
+            save_tensors(directory / PROJECTIONS_FILE, tensors, metadata={"layout": "P (d, D), Q (d_t, D): g = phi @ P"})
+        result = EmbedResult(row.id, row.name, planned.key, planned.weights.kind == "random", device, settings.precision,
+                             pending=count_pending(project, row.id), orphans_removed=removed)
+        text_path = ensure_text_features(project, row, encoder)
+        result.text_features = None if text_path is None else str(text_path)
+
+        decoder = BatchDecoder(encoder.preprocess, encoder.image_size, settings.max_pixels)
+        loader = batch_loader(decoder, lambda: iter_pending(project, row.id), settings.batch_size, settings.workers)
+        writer = _ShardWriter(project, row.id, directory, result)
+        started = last_flush = time.perf_counter()
+        with progress_bar(result.pending, "embed", show_progress, unit="img") as bar:
+            for batch in loader:
+                writer.rejected.extend(batch["failed"])
+                if batch["pixels"] is not None:
+                    emb, phi = encoder.encode_pixels(batch["pixels"])  # (b, D), (b, d) | None
+                    arrays = {"embedding": _normalise(emb.numpy())}
+                    if phi is not None:
+                        arrays["phi"] = phi.numpy()
+                    writer.add(batch["ids"].numpy(), arrays)
+                for image_id, reason in batch["failed"]:
+                    result.rejected.append({"image_id": image_id, "reason": reason})
+                bar.update(len(batch["ids"]) + len(batch["failed"]))
+                if writer.rows >= shard_rows or time.perf_counter() - last_flush > flush_seconds:
+                    writer.flush()
+                    last_flush = time.perf_counter()
+            writer.flush()
+        result.seconds = time.perf_counter() - started
+    _attach_paths(project, result.rejected)
+    return result
+
+
+def _attach_paths(project: Project, rejected: list[dict]) -> None:
+    if not rejected:
+        return
+    with project.engine.connect() as connection:
+        paths = dict(connection.execute(sa.select(images.c.id, images.c.path).where(images.c.id.in_([r["image_id"] for r in rejected]))).all())
+    for item in rejected:
+        item["path"] = paths.get(item["image_id"])
+
+
+# --- imported embeddings -----------------------------------------------------------------------
+
+
+@dataclass
+class ImportResult:
+    spec_id: int
+    spec_name: str
+    dim: int
+    rows_in_file: int
+    registered: int = 0  # paths new to the pool, added via the ingest workflow
+    embedded: int = 0  # vectors stored now
+    already_embedded: int = 0
+    skipped: list[dict] = field(default_factory=list)  # {path, reason}: duplicates by content, unreadable
+    text_features: str | None = None
+
+    def as_json(self) -> dict:
+        return {k: getattr(self, k) for k in ("spec_id", "spec_name", "dim", "rows_in_file", "registered", "embedded", "already_embedded", "skipped", "text_features")}
+
+
+def _read_npz(path: Path) -> tuple[list[str], np.ndarray, np.ndarray | None]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            contents = {key: data[key] for key in data.files}
+    except (OSError, ValueError) as error:
+        raise InputError(f"cannot read {path} as .npz: {error}; save it with numpy.savez(paths=..., embeddings=...)") from None
+    missing = {"paths", "embeddings"} - set(contents)
+    if missing:
+        raise InputError(f"{path} lacks {', '.join(sorted(missing))}; it must hold `paths` (N,) and `embeddings` (N, D)")
+    paths, vectors = contents["paths"], contents["embeddings"]
+    if paths.ndim != 1 or paths.dtype.kind not in "US":
+        raise InputError(f"{path}: `paths` must be a 1-D array of strings, got shape {paths.shape} dtype {paths.dtype}")
+    if vectors.ndim != 2 or vectors.dtype.kind not in "fiu" or len(vectors) != len(paths) or vectors.shape[1] < 1:
+        raise InputError(
+            f"{path}: `embeddings` must be (N, D) numbers with N = len(paths) = {len(paths)}, got shape {vectors.shape}"
+        )
+    if not np.isfinite(vectors).all():
+        raise InputError(f"{path}: `embeddings` holds NaN or inf in {int((~np.isfinite(vectors)).any(axis=1).sum())} rows; fix them")
+    text = contents.get("text_embeddings")
+    if text is not None and (text.ndim != 2 or text.shape[1] != vectors.shape[1]):
+        raise InputError(
+            f"{path}: `text_embeddings` must be (K, D) with D = {vectors.shape[1]} like `embeddings`, got shape {text.shape}"
+        )
+    return [str(p) for p in paths.tolist()], vectors.astype(np.float32), text
+
+
+def import_embeddings(project: Project, file: str | Path, name: str, shard_rows: int = SHARD_ROWS, show_progress: bool | None = None) -> ImportResult:
+    """Store precomputed embeddings from an .npz (`paths`, `embeddings`, optional
+    `text_embeddings` in class order) as the imported spec `name`, and make it current.
+
+    Paths are resolved like `alkit add` (relative to the working directory); paths not yet
+    registered are added through the ingest workflow. Unknown paths are refused up front.
+    """
+    import os
+
+    from alkit.workflows.ingest import add_images
+
+    if not name or not name.strip():
+        raise InputError("--name is required with --from; it names the imported embedding space")
+    file = Path(file)
+    paths, vectors, text = _read_npz(file)
+    resolved = [os.path.abspath(os.path.realpath(p)) for p in paths]
+    if len(set(resolved)) != len(resolved):
+        raise InputError(f"{file}: {len(resolved) - len(set(resolved))} duplicate paths; each image must appear once")
+    names, _, classes_key_ = _class_list(project)
+    if text is not None and len(text) != len(names):
+        raise InputError(
+            f"{file}: `text_embeddings` has {len(text)} rows but the project has {len(names)} classes; "
+            "run alkit classes set first, in the same order"
+        )
+    with project.engine.connect() as connection:
+        known = dict(connection.execute(sa.select(images.c.path, images.c.id)).all())
+    new = [p for p in resolved if p not in known]
+    absent = [p for p in new if not os.path.isfile(p)]
+    if absent:
+        raise InputError(
+            f"{len(absent)} of {len(paths)} paths in {file} are neither registered nor existing files (first: {absent[0]}); "
+            "fix the paths (relative paths are taken from the working directory)"
+        )
+    key = imported_key(name)
+    directory = spec_directory(project, key)
+    dim = int(vectors.shape[1])
+    with spec_lock(directory):
+        with project.engine.begin() as connection:
+            existing = connection.execute(sa.select(embedding_specs).where(embedding_specs.c.key == key)).first()
+            if existing is not None and existing.dim != dim:
+                raise InputError(f"imported spec {name!r} holds {existing.dim}-dim vectors but {file} has {dim}; use another --name")
+            row = ensure_spec(connection, key, IMPORTED_KIND, name, {"source": str(file.resolve()), "dim": dim, "storage_dtype": "float16"}, dim, None)
+            set_current(connection, row.id)
+            collect_garbage(connection, row.id, directory)
+        result = ImportResult(row.id, row.name, dim, len(paths))
+        if new:
+            added = add_images(project, new, show_progress=show_progress)
+            result.registered = added.added
+        with project.engine.connect() as connection:
+            ids = dict(connection.execute(sa.select(images.c.path, images.c.id).where(images.c.status != ImageStatus.REJECTED.value)).all())
+            done = set(connection.execute(sa.select(embeddings.c.image_id).where(embeddings.c.spec_id == row.id)).scalars())
+        keep_rows, keep_ids = [], []
+        for position, path in enumerate(resolved):
+            image_id = ids.get(path)
+            if image_id is None:
+                result.skipped.append({"path": path, "reason": "not registered (duplicate content or unreadable image; see alkit add)"})
+            elif image_id in done:
+                result.already_embedded += 1
+            else:
+                keep_rows.append(position)
+                keep_ids.append(image_id)
+        writer = _ShardWriter(project, row.id, directory, EmbedResult(row.id, name, key, False))
+        for start in range(0, len(keep_rows), shard_rows):
+            part = keep_rows[start : start + shard_rows]
+            writer.add(np.asarray(keep_ids[start : start + shard_rows], dtype=np.int64), {"embedding": _normalise(vectors[part])})
+            writer.flush()
+        result.embedded = writer.result.embedded
+        if text is not None and classes_key_ is not None:
+            path = text_features_path(project, key, classes_key_)
+            save_tensors(path, {"text_emb": _normalise(text.astype(np.float32))}, metadata={"classes_key": classes_key_})
+            result.text_features = str(path)
+    return result

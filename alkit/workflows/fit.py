@@ -1,0 +1,257 @@
+"""`alkit fit`: build a new posterior version from the pool's labels (and pairs/factors).
+
+The posterior is always rebuilt from its base (zero-shot curvature from the pool against the
+class prompts, or loaded factors) plus ALL current labels: refitting a refitted posterior
+would count earlier labels' curvature twice. The previous version is recorded as parent and
+is never modified (`refit` is a pure function).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import sqlalchemy as sa
+
+from alkit.errors import InputError, StateError
+from alkit.project import Project
+from alkit.registry import Registry
+from alkit.storage.db import utcnow
+from alkit.storage.pool import class_rows, resolved_labels
+from alkit.storage.schema import Split, embeddings, images, posteriors
+
+# What each posterior consumes per image: the projection input phi, or the embedding.
+POSTERIOR_FEATURES: Registry[str] = Registry("posterior")
+POSTERIOR_FEATURES.register("bayesvlm", "phi", "Laplace over CLIP's image projection (open_clip embeddings), ProbCosine predictive")
+POSTERIOR_FEATURES.register("laplace_head", "embedding", "Laplace over a linear head on the embeddings (any imported embeddings)")
+
+DEFAULT_PSEUDO_DATA = 10.0
+DEFAULT_CURVATURE_IMAGES = 20_000  # pool images sampled for the zero-shot curvature
+IMPORTED_LOGIT_SCALE = 100.0  # CLIP's s, used for imported embeddings with text embeddings
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    posterior: str | None = None  # None: bayesvlm for open_clip specs, laplace_head otherwise
+    pseudo_data: float = DEFAULT_PSEUDO_DATA
+    candidate_batch_size: int | None = None
+    curvature_images: int = DEFAULT_CURVATURE_IMAGES
+    factors_dir: str | None = None
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class FitResult:
+    version: int
+    kind: str
+    labels_used: int
+    curvature_source: str
+    prior_precision: float
+    path: str
+    seconds: float
+
+    def as_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class PoolContext:
+    """The current spec, class list and text features that every posterior is checked against."""
+
+    spec: sa.Row
+    class_names: list[str]
+    classes_key: str
+    text: object  # alkit.storage.vectors.TextFeatures
+
+
+def jsonable(value):
+    """A JSON-safe copy (numpy scalars and arrays become plain numbers and lists)."""
+    return json.loads(json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
+
+
+def pool_context(project: Project) -> PoolContext:
+    from alkit.storage.vectors import current_spec
+    from alkit.workflows.classes import classes_key
+    from alkit.workflows.embed import load_text_features
+
+    with project.engine.connect() as connection:
+        spec = current_spec(connection)
+        rows = class_rows(connection)
+    if not rows:
+        raise StateError("no classes defined; run `alkit classes set NAME...` first")
+    names = [row.name for row in rows]
+    key = classes_key(names, [row.prompt for row in rows])
+    return PoolContext(spec, names, key, load_text_features(project, spec.id))
+
+
+def default_posterior_kind(context: PoolContext) -> str:
+    text = context.text
+    if context.spec.phi_dim and text.P is not None and text.text_emb is not None:
+        return "bayesvlm"
+    return "laplace_head"
+
+
+def labelled_training_set(project: Project, context: PoolContext, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image ids (L,), features (L, F), class indices (L,)) of labelled non-test images."""
+    from alkit.storage.vectors import load_vectors
+
+    with project.engine.connect() as connection:
+        candidate_ids = list(
+            connection.execute(
+                sa.select(images.c.id)
+                .join(embeddings, embeddings.c.image_id == images.c.id)
+                .where(embeddings.c.spec_id == context.spec.id, images.c.split != Split.TEST.value)
+            ).scalars()
+        )
+        resolved = resolved_labels(connection, candidate_ids) if candidate_ids else {}
+        position = {row.id: index for index, row in enumerate(class_rows(connection))}
+    ids, features = load_vectors(project, context.spec.id, sorted(resolved), kind=POSTERIOR_FEATURES.get(kind))
+    labels = np.array([position[resolved[int(i)]] for i in ids], dtype=np.int64)
+    return ids, features, labels
+
+
+def latest_posterior_row(project: Project, spec_id: int, classes_key: str | None = None):
+    query = sa.select(posteriors).where(posteriors.c.spec_id == spec_id)
+    if classes_key is not None:
+        query = query.where(posteriors.c.classes_key == classes_key)
+    with project.engine.connect() as connection:
+        return connection.execute(query.order_by(posteriors.c.version.desc()).limit(1)).first()
+
+
+def load_current_posterior(project: Project, context: PoolContext):
+    """(row, posterior) of the newest posterior for this spec and class list, or (None, None)."""
+    from alkit.posterior.io import load_posterior
+
+    row = latest_posterior_row(project, context.spec.id, context.classes_key)
+    if row is None:
+        return None, None
+    return row, load_posterior(Path(row.path), context.spec.key, context.class_names)
+
+
+def _bayesvlm_base(project: Project, context: PoolContext, settings: FitSettings):
+    from alkit.posterior.bayesvlm import BayesVLMPosterior
+    from alkit.storage.vectors import load_vectors
+
+    text = context.text
+    if text.P is None or text.text_emb is None or not context.spec.phi_dim:
+        raise StateError(
+            f"embedding spec {context.spec.name!r} has no projection layer or class-prompt features, so BayesVLM "
+            "cannot be built; use --posterior laplace_head or embed with an open_clip model"
+        )
+    projection = np.asarray(text.P, dtype=np.float64).T  # open_clip's (d, D) -> BayesVLM's (D, d)
+    scale = math.exp(text.logit_scale)
+    if settings.factors_dir:
+        return _bayesvlm_from_factors(Path(settings.factors_dir), projection, context, scale, settings)
+    with project.engine.connect() as connection:
+        pool_ids = list(
+            connection.execute(
+                sa.select(embeddings.c.image_id)
+                .join(images, images.c.id == embeddings.c.image_id)
+                .where(embeddings.c.spec_id == context.spec.id, images.c.split == Split.POOL.value)
+            ).scalars()
+        )
+    if not pool_ids:
+        raise StateError("no embedded pool images to estimate the curvature from; run `alkit add` and `alkit embed`")
+    rng = np.random.default_rng(settings.seed)
+    if len(pool_ids) > settings.curvature_images:
+        pool_ids = rng.choice(np.asarray(pool_ids), settings.curvature_images, replace=False).tolist()
+    _, phi = load_vectors(project, context.spec.id, pool_ids, kind="phi")
+    return BayesVLMPosterior.from_pool_curvature(
+        phi, projection, text.text_emb, scale, settings.pseudo_data, settings.candidate_batch_size,
+        classes=context.class_names, embedding_spec_key=context.spec.key,
+    )
+
+
+def _bayesvlm_from_factors(directory: Path, projection, context: PoolContext, scale: float, settings: FitSettings):
+    from alkit.posterior.bayesvlm import BayesVLMPosterior
+
+    arrays = {}
+    for name in ("A_img", "B_img", "A_txt", "B_txt", "n", "lam"):
+        path = directory / f"{name}.npy"
+        if path.is_file():
+            arrays[name] = np.load(path, allow_pickle=False)
+    missing = {"A_img", "B_img"} - set(arrays)
+    if missing:
+        raise InputError(f"{directory} lacks {', '.join(sorted(missing))}.npy; factors are A_img, B_img[, A_txt, B_txt, n, lam] as .npy")
+    pseudo = float(arrays["n"]) if "n" in arrays else settings.pseudo_data
+    lam = float(arrays["lam"]) if "lam" in arrays else None
+    return BayesVLMPosterior.from_factors(
+        arrays["A_img"], arrays["B_img"], projection, context.text.text_emb, scale, pseudo, lam,
+        classes=context.class_names, embedding_spec_key=context.spec.key,
+        curvature_source=f"factors from {directory}",
+    )
+
+
+def fit_posterior(project: Project, settings: FitSettings = FitSettings()) -> FitResult:
+    """Build, save and record a new posterior version; returns what was fitted."""
+    started = time.perf_counter()
+    context = pool_context(project)
+    kind = settings.posterior or default_posterior_kind(context)
+    POSTERIOR_FEATURES.get(kind)
+    previous = latest_posterior_row(project, context.spec.id, context.classes_key)
+    parent_version = None if previous is None else previous.version
+    _, features, labels = labelled_training_set(project, context, kind)
+
+    if kind == "bayesvlm":
+        from alkit.posterior.bayesvlm import RefitSettings, refit
+
+        posterior = _bayesvlm_base(project, context, settings)
+        if len(labels):
+            # MAP under the Laplace prior N(P_base, 1/lam): with a mean cross-entropy the
+            # matching weight decay is lam / L, strong for few labels and fading with more.
+            decay = posterior.prior_precision / len(labels)
+            posterior = refit(
+                posterior, features, labels, RefitSettings(weight_decay=decay), seed=settings.seed,
+                parent_version=parent_version,
+            )
+    else:
+        from alkit.posterior.laplace_head import fit_laplace_head
+
+        text = context.text
+        if text.text_emb is None and len(labels) < 2:
+            raise StateError(
+                f"the Laplace head needs class-prompt text embeddings or labels; {len(labels)} labels and no text "
+                "embeddings: import labels (`alkit labels import`) or embeddings with text_embeddings"
+            )
+        scale = math.exp(text.logit_scale) if text.logit_scale is not None else IMPORTED_LOGIT_SCALE
+        posterior = fit_laplace_head(
+            features, labels, len(context.class_names), class_text=text.text_emb, logit_scale=scale,
+            classes=context.class_names, embedding_spec_key=context.spec.key, parent_version=parent_version,
+        )
+    return _record(project, context, posterior, kind, parent_version, settings, started)
+
+
+def _record(project, context: PoolContext, posterior, kind: str, parent_version, settings: FitSettings, started: float) -> FitResult:
+    directory = project.artefact_path("posteriors", f"{utcnow():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}", "x").parent
+    posterior.save(directory)  # files first: a row never points at a missing posterior
+    provenance = posterior.provenance
+    with project.engine.begin() as connection:
+        version = connection.execute(
+            posteriors.insert()
+            .values(
+                kind=kind,
+                spec_id=context.spec.id,
+                classes_key=context.classes_key,
+                parent_version=parent_version,
+                path=str(directory),
+                curvature_source=provenance.curvature_source,
+                labels_used=provenance.labels_used,
+                settings=jsonable({**dict(provenance.settings), "fit": settings.__dict__}),
+                created_at=utcnow(),
+            )
+            .returning(posteriors.c.version)
+        ).scalar_one()
+    return FitResult(
+        version=int(version),
+        kind=kind,
+        labels_used=int(provenance.labels_used),
+        curvature_source=provenance.curvature_source,
+        prior_precision=float(posterior.prior_precision),
+        path=str(directory),
+        seconds=round(time.perf_counter() - started, 3),
+    )

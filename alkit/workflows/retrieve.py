@@ -1,0 +1,125 @@
+"""Query vectors and nearest-neighbour candidates (text, example images, a target split)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import sqlalchemy as sa
+
+from alkit.errors import InputError, StateError
+from alkit.project import Project
+from alkit.storage.schema import embeddings, images
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    rows = np.asarray(rows, dtype=np.float32)
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+
+
+def embed_new_images(project: Project, spec, paths: list[str]) -> np.ndarray:
+    """Unit embeddings `(Q, D)` of image files that are not in the pool, with the spec's model."""
+    import torch
+
+    from alkit.embedding.decode import open_rgb_image
+    from alkit.workflows.embed import encoder_for_spec
+
+    encoder = encoder_for_spec(project, spec)
+    pixels = []
+    for path in paths:
+        try:
+            image = open_rgb_image(path, encoder.image_size, project.settings.max_pixels)
+        except Exception as error:  # decode errors of any kind: report the file
+            raise InputError(f"cannot read image {path}: {error}; pass a readable image file") from None
+        pixels.append(encoder.preprocess(image))
+    emb, _ = encoder.encode_pixels(torch.stack(pixels))
+    return _unit(emb.numpy())
+
+
+def image_vectors(project: Project, spec, paths: list[str]) -> np.ndarray:
+    """Unit embeddings `(Q, D)` of example images: stored vectors for pool images, else embedded."""
+    from alkit.storage.vectors import load_vectors
+
+    resolved = [os.path.realpath(p) for p in paths]
+    missing = [p for p in resolved if not Path(p).is_file()]
+    if missing:
+        raise InputError(f"image not found: {missing[0]}; check the path")
+    with project.engine.connect() as connection:
+        known = dict(connection.execute(sa.select(images.c.path, images.c.id).where(images.c.path.in_(resolved))).all())
+    vectors = []
+    new_paths = [p for p in resolved if p not in known]
+    new_vectors = dict(zip(new_paths, embed_new_images(project, spec, new_paths))) if new_paths else {}
+    for path in resolved:
+        if path in new_vectors:
+            vectors.append(new_vectors[path])
+            continue
+        ids, found = load_vectors(project, spec.id, [known[path]])
+        if len(ids) == 0:
+            vectors.append(embed_new_images(project, spec, [path])[0])
+        else:
+            vectors.append(found[0])
+    return _unit(np.stack(vectors))
+
+
+def text_vectors(project: Project, spec, texts: list[str]) -> np.ndarray:
+    from alkit.workflows.embed import encoder_for_spec
+
+    encoder = encoder_for_spec(project, spec)  # StateError for imported specs, with the fix
+    emb, _ = encoder.encode_texts(texts)
+    return _unit(emb.numpy())
+
+
+def split_vectors(project: Project, spec, split: str) -> np.ndarray:
+    from alkit.storage.vectors import load_vectors
+
+    _, vectors = load_vectors(project, spec.id, split=split)
+    if len(vectors) == 0:
+        raise StateError(f"split {split!r} has no embedded images; `alkit add --split {split}` and `alkit embed`")
+    return _unit(vectors)
+
+
+def query_vectors(project: Project, spec, text: str | None = None, like: list[str] | None = None,
+                  target_split: str | None = None) -> np.ndarray:
+    """All query vectors `(Q, D)` of one request, stacked."""
+    parts = []
+    if text:
+        parts.append(text_vectors(project, spec, [text]))
+    if like:
+        parts.append(image_vectors(project, spec, like))
+    if target_split:
+        parts.append(split_vectors(project, spec, target_split))
+    if not parts:
+        raise InputError("give a text query, example images or a target split")
+    return np.concatenate(parts)
+
+
+def nearest_candidates(project: Project, spec, queries: np.ndarray, allowed_ids: np.ndarray, wanted: int) -> np.ndarray:
+    """Up to `wanted` allowed pool ids nearest to the queries (each query contributes in turn),
+    from the project's FAISS index; sorted ascending."""
+    from alkit.workflows.index import search_index
+
+    allowed = set(allowed_ids.tolist())
+    depth = min(len(allowed_ids), max(wanted, 64))
+    while True:
+        _, ids = search_index(project, spec, queries, depth)  # (Q, depth)
+        chosen: list[int] = []
+        seen: set[int] = set()
+        for column in range(ids.shape[1]):  # round robin over queries
+            for image_id in ids[:, column].tolist():
+                if image_id in allowed and image_id not in seen:
+                    seen.add(image_id)
+                    chosen.append(image_id)
+        total = _count_spec_rows(project, spec.id)
+        if len(chosen) >= wanted or depth >= total:
+            return np.sort(np.asarray(chosen[:wanted], dtype=np.int64))
+        depth = min(total, depth * 4)
+
+
+def _count_spec_rows(project: Project, spec_id: int) -> int:
+    with project.engine.connect() as connection:
+        return int(
+            connection.execute(
+                sa.select(sa.func.count()).select_from(embeddings).where(embeddings.c.spec_id == spec_id)
+            ).scalar_one()
+        )

@@ -1,0 +1,338 @@
+"""`alkit select`: score the unlabelled pool and record the next round.
+
+Pool -> (optional candidate restriction) -> shared posterior samples -> scores in chunks ->
+batch mode (Gumbel-top-B) -> near-duplicate suppression -> one transaction that records the
+round, its items and the images' new status. Without a usable posterior the pool is either
+scored zero-shot (a posterior built from class prompts) or covered by a cold-start selector;
+the result says which.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import sqlalchemy as sa
+
+from alkit.errors import InputError, StateError
+from alkit.project import Project
+from alkit.storage.db import utcnow
+from alkit.storage.schema import ImageStatus, Split, embeddings, images, labels, round_items, rounds
+
+OPEN_STATUSES = (ImageStatus.SELECTED.value, ImageStatus.PUSHED.value)
+ORDER_OVERSAMPLE = 4  # candidates drawn per budget slot before near-duplicate suppression
+
+
+@dataclass(frozen=True)
+class SelectSettings:
+    budget: int
+    strategy: str = "bald"
+    batch_mode: str = "power"
+    beta: float = 1.0
+    seed: int = 0
+    samples: int = 64  # S shared posterior samples
+    num_targets: int = 100  # M EPIG targets
+    target_split: str | None = None
+    query: str | None = None
+    like: tuple[str, ...] = ()
+    candidates: int | None = None
+    dedup_threshold: float | None = 0.98  # cosine; None disables near-duplicate suppression
+    chunk_size: int = 8192
+    cold_start: str = "typiclust"
+
+    def snapshot(self) -> dict:
+        return {**self.__dict__, "like": list(self.like)}
+
+
+@dataclass
+class SelectedItem:
+    image_id: int
+    path: str
+    rank: int
+    score: float | None
+    predicted_class: str | None
+    probability: float | None
+
+
+@dataclass
+class SelectionResult:
+    round_id: int
+    strategy: str
+    method: str  # how the pool was scored: posterior version, zero-shot, cold start
+    items: list[SelectedItem]
+    pool_size: int
+    scored: int
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict:
+        return {
+            "round": self.round_id, "strategy": self.strategy, "method": self.method, "pool_size": self.pool_size,
+            "scored": self.scored, "seconds": self.seconds, "notes": self.notes,
+            "items": [item.__dict__ for item in self.items],
+        }
+
+
+def eligible_pool_ids(project: Project, spec_id: int) -> np.ndarray:
+    """Pool images with vectors of this spec, unlabelled, not rejected, not in an open round."""
+    has_label = sa.exists().where(labels.c.image_id == images.c.id)
+    query = (
+        sa.select(images.c.id)
+        .join(embeddings, embeddings.c.image_id == images.c.id)
+        .where(
+            embeddings.c.spec_id == spec_id,
+            images.c.split == Split.POOL.value,
+            images.c.status.not_in([ImageStatus.REJECTED.value, ImageStatus.LABELED.value, *OPEN_STATUSES]),
+            ~has_label,
+        )
+        .order_by(images.c.id)
+    )
+    with project.engine.connect() as connection:
+        return np.fromiter(connection.execute(query).scalars(), dtype=np.int64)
+
+
+def _validate(settings: SelectSettings) -> None:
+    from alkit.acquisition import BATCH_MODES, COLD_START, SCORERS
+
+    SCORERS.get(settings.strategy)
+    BATCH_MODES.get(settings.batch_mode)
+    COLD_START.get(settings.cold_start)
+    if settings.budget < 1:
+        raise InputError(f"--budget must be >= 1, got {settings.budget}")
+    if settings.samples < 2:
+        raise InputError(f"--samples must be >= 2, got {settings.samples}")
+
+
+def select_round(project: Project, settings: SelectSettings) -> SelectionResult:
+    """Choose B images and record them as a new open round."""
+    from alkit.acquisition import SCORERS
+
+    started = time.perf_counter()
+    _validate(settings)
+    from alkit.workflows.fit import pool_context
+
+    context = pool_context(project)
+    pool_ids = eligible_pool_ids(project, context.spec.id)
+    if len(pool_ids) == 0:
+        raise StateError(
+            "no unlabelled embedded pool images to select from; run `alkit add` and `alkit embed`, or label the open round"
+        )
+    if settings.budget > len(pool_ids):
+        raise StateError(
+            f"budget {settings.budget} > {len(pool_ids)} unlabelled images; lower --budget or add images"
+        )
+    notes: list[str] = []
+    candidate_ids = pool_ids
+    query_vectors = _query_vectors(project, context, settings)
+    if query_vectors is not None:
+        from alkit.workflows.retrieve import nearest_candidates
+
+        wanted = settings.candidates or max(10 * settings.budget, 1000)
+        candidate_ids = nearest_candidates(project, context.spec, query_vectors, pool_ids, wanted)
+        if len(candidate_ids) < settings.budget:
+            raise StateError(
+                f"only {len(candidate_ids)} candidates near the query for budget {settings.budget}; raise --candidates"
+            )
+        notes.append(f"scored the {len(candidate_ids)} pool items nearest the query/targets")
+
+    scorer = SCORERS.get(settings.strategy)
+    posterior_version, posterior, method = _posterior_for_selection(project, context, settings, notes)
+    if settings.strategy == "random":
+        scores = np.random.default_rng(settings.seed).random(len(candidate_ids))
+        method = "random"
+    elif posterior is None:
+        scores = None
+    else:
+        scores = _score(project, context, posterior, candidate_ids, settings, scorer, query_vectors)
+
+    if scores is None:
+        chosen_positions, method = _cold_start(project, context.spec.id, candidate_ids, settings)
+        chosen_scores = [None] * len(chosen_positions)
+    else:
+        chosen_positions = _batch(project, context.spec.id, candidate_ids, scores, settings, notes)
+        chosen_scores = [float(scores[p]) for p in chosen_positions]
+    chosen_ids = candidate_ids[chosen_positions]
+    predictions = _predictions(project, context, posterior, chosen_ids)
+    round_id, items = _record_round(
+        project, context, settings, method, posterior_version, chosen_ids, chosen_scores, predictions
+    )
+    return SelectionResult(
+        round_id=round_id, strategy=settings.strategy, method=method, items=items, pool_size=len(pool_ids),
+        scored=len(candidate_ids) if scores is not None else 0, seconds=round(time.perf_counter() - started, 3),
+        notes=notes,
+    )
+
+
+def _posterior_for_selection(project, context, settings: SelectSettings, notes: list[str]):
+    """(version, posterior, method); builds a zero-shot posterior when none exists yet."""
+    from alkit.workflows.fit import FitSettings, fit_posterior, load_current_posterior
+
+    if settings.strategy == "random":
+        return None, None, "random"
+    row, posterior = load_current_posterior(project, context)
+    if row is not None:
+        return row.version, posterior, f"{row.kind} posterior v{row.version} ({row.labels_used} labels)"
+    try:
+        fitted = fit_posterior(project, FitSettings(seed=settings.seed))
+    except StateError as reason:
+        notes.append(f"no posterior can be built yet ({reason}); using the cold-start selector")
+        return None, None, "cold start"
+    row, posterior = load_current_posterior(project, context)
+    kind = "zero-shot " if fitted.labels_used == 0 else ""
+    notes.append(f"fitted {kind}{fitted.kind} posterior v{fitted.version} ({fitted.curvature_source})")
+    return row.version, posterior, f"{kind}{fitted.kind} posterior v{fitted.version}"
+
+
+def _feature_kind(posterior) -> str:
+    from alkit.workflows.fit import POSTERIOR_FEATURES
+
+    return POSTERIOR_FEATURES.get(posterior.kind)
+
+
+def _score(project, context, posterior, candidate_ids: np.ndarray, settings: SelectSettings, scorer, query_vectors) -> np.ndarray:
+    """Scores `(N,)` for the candidates, in chunks, with one set of shared weight samples."""
+    from alkit.storage.vectors import load_vectors
+
+    kind = _feature_kind(posterior)
+    weights = posterior.sample_weights(settings.samples, settings.seed) if scorer.needs_samples else None
+    target_probs = None
+    if scorer.needs_targets:
+        target_ids = _epig_target_ids(project, context, candidate_ids, settings)
+        _, target_x = load_vectors(project, context.spec.id, target_ids, kind=kind)
+        target_probs = posterior.sample_probs(weights, target_x)  # (S, M, K), same draws as the pool
+    scores = np.empty(len(candidate_ids), dtype=np.float64)
+    for start in range(0, len(candidate_ids), settings.chunk_size):
+        chunk = candidate_ids[start : start + settings.chunk_size]
+        ids, x = load_vectors(project, context.spec.id, chunk, kind=kind)
+        if weights is None:
+            probs = posterior.predict(x)[None]  # (1, n, K): analytic predictive
+        else:
+            probs = posterior.sample_probs(weights, x)  # (S, n, K)
+        values = scorer.function(probs, target_probs) if scorer.needs_targets else scorer.function(probs)
+        scores[start : start + len(chunk)] = values
+    return scores
+
+
+def _epig_target_ids(project, context, candidate_ids: np.ndarray, settings: SelectSettings) -> np.ndarray:
+    """M target inputs: the target split if given, else a sample of the candidate set."""
+    rng = np.random.default_rng(settings.seed + 7919)
+    if settings.target_split:
+        with project.engine.connect() as connection:
+            ids = np.fromiter(
+                connection.execute(
+                    sa.select(embeddings.c.image_id)
+                    .join(images, images.c.id == embeddings.c.image_id)
+                    .where(embeddings.c.spec_id == context.spec.id, images.c.split == settings.target_split)
+                ).scalars(),
+                dtype=np.int64,
+            )
+        if len(ids) == 0:
+            raise StateError(
+                f"split {settings.target_split!r} has no embedded images; `alkit add --split {settings.target_split}` and `alkit embed`"
+            )
+    else:
+        ids = candidate_ids
+    if len(ids) > settings.num_targets:
+        ids = rng.choice(ids, settings.num_targets, replace=False)
+    return np.sort(ids)
+
+
+def _batch(project, spec_id: int, candidate_ids: np.ndarray, scores: np.ndarray, settings: SelectSettings, notes) -> np.ndarray:
+    from alkit.acquisition import select_batch, select_without_near_duplicates
+    from alkit.storage.vectors import load_vectors
+
+    budget = settings.budget
+    scores = np.clip(np.nan_to_num(scores, nan=0.0), 0.0, None)
+    if settings.dedup_threshold is None:
+        return select_batch(scores, budget, mode=settings.batch_mode, seed=settings.seed, beta=settings.beta)
+    draws = min(len(candidate_ids), ORDER_OVERSAMPLE * budget + 64)
+    while True:
+        order = select_batch(scores, draws, mode=settings.batch_mode, seed=settings.seed, beta=settings.beta)
+        _, vectors = load_vectors(project, spec_id, candidate_ids[order])
+        position_of = {int(i): k for k, i in enumerate(np.sort(candidate_ids[order]))}
+        aligned = vectors[[position_of[int(i)] for i in candidate_ids[order]]]  # rows in draw order
+        kept = select_without_near_duplicates(np.arange(len(order)), aligned, budget, settings.dedup_threshold)
+        if len(kept) == budget or draws == len(candidate_ids):
+            break
+        draws = min(len(candidate_ids), draws * 4)
+    if len(kept) < budget:
+        notes.append(
+            f"only {len(kept)} of {budget} items are farther apart than cosine {settings.dedup_threshold}; "
+            "raise --dedup-threshold to allow closer items"
+        )
+    return order[kept]
+
+
+def _cold_start(project, spec_id: int, candidate_ids: np.ndarray, settings: SelectSettings) -> tuple[np.ndarray, str]:
+    from alkit.acquisition import COLD_START
+    from alkit.storage.vectors import load_vectors
+
+    ids, vectors = load_vectors(project, spec_id, candidate_ids)
+    selector = COLD_START.get(settings.cold_start)
+    chosen = selector(vectors, settings.budget, seed=settings.seed)
+    # load_vectors returns ids ascending; candidate_ids are ascending too (pool order).
+    return np.searchsorted(candidate_ids, ids[chosen]), f"cold start ({settings.cold_start})"
+
+
+def _predictions(project, context, posterior, image_ids: np.ndarray) -> dict[int, tuple[str, float]]:
+    if posterior is None or len(image_ids) == 0:
+        return {}
+    from alkit.storage.vectors import load_vectors
+
+    ids, x = load_vectors(project, context.spec.id, image_ids, kind=_feature_kind(posterior))
+    probs = posterior.predict(x)  # (B, K)
+    best = probs.argmax(axis=1)
+    return {int(i): (context.class_names[int(k)], float(probs[row, k])) for row, (i, k) in enumerate(zip(ids, best))}
+
+
+def _record_round(project, context, settings, method, posterior_version, chosen_ids, chosen_scores, predictions):
+    now = utcnow()
+    items: list[SelectedItem] = []
+    with project.engine.begin() as connection:
+        # Re-check inside the transaction: a concurrent select may have taken some images.
+        taken = set(
+            connection.execute(
+                sa.select(images.c.id).where(images.c.id.in_(chosen_ids.tolist()), images.c.status.in_(OPEN_STATUSES))
+            ).scalars()
+        )
+        if taken:
+            raise StateError(f"{len(taken)} chosen images were taken by a concurrent `alkit select`; run it again")
+        round_id = connection.execute(
+            rounds.insert()
+            .values(
+                strategy=settings.strategy, settings={**settings.snapshot(), "method": method}, seed=settings.seed,
+                status="open", created_at=now, embedding_spec_id=context.spec.id, posterior_version=posterior_version,
+            )
+            .returning(rounds.c.id)
+        ).scalar_one()
+        paths = dict(connection.execute(sa.select(images.c.id, images.c.path).where(images.c.id.in_(chosen_ids.tolist()))).all())
+        rows = []
+        for rank, (image_id, score) in enumerate(zip(chosen_ids.tolist(), chosen_scores), start=1):
+            predicted, probability = predictions.get(image_id, (None, None))
+            rows.append(
+                dict(
+                    round_id=round_id, image_id=image_id, rank=rank, score=score,
+                    components={"predicted_class": predicted, "probability": probability, "method": method},
+                )
+            )
+            items.append(SelectedItem(image_id, paths[image_id], rank, score, predicted, probability))
+        connection.execute(round_items.insert(), rows)
+        connection.execute(
+            images.update()
+            .where(images.c.id.in_(chosen_ids.tolist()))
+            .values(status=ImageStatus.SELECTED.value, updated_at=now)
+        )
+    return round_id, items
+
+
+def _query_vectors(project, context, settings: SelectSettings):
+    """Unit vectors `(Q, D)` for --query / --like / --target with --candidates; None when absent."""
+    if not (settings.query or settings.like or (settings.target_split and settings.candidates)):
+        return None
+    from alkit.workflows.retrieve import query_vectors
+
+    return query_vectors(
+        project, context.spec, text=settings.query, like=list(settings.like),
+        target_split=settings.target_split if settings.candidates else None,
+    )

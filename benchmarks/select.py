@@ -1,0 +1,177 @@
+"""Benchmark: scoring a large pool for selection (entropy, BALD, EPIG) on synthetic data.
+
+Data: N unit-norm D-dim embeddings and a posterior-like linear head over K classes:
+mean weights W (K, D) plus Gaussian weight noise drawn ONCE per sample and shared by all
+inputs. The noise lives in an r-dim input subspace (E_k = Z_k U^T, U (D, r) orthonormal,
+`--noise-rank r`; 0 = full-rank noise), as in a Laplace posterior whose input curvature is
+concentrated in r directions. Logits of a chunk for all S samples are then one
+`(n, D) x (D, K + r)` product plus one `(n, r) x (r, S*K)` product; with full-rank noise
+they are one `(n, D) x (D, S*K)` product against the stacked sampled heads.
+
+Reported for each score: wall time, time relative to the bare `(N x D)(D x K)` logits
+matmul on the same data (measured in the same run), and the process's peak RSS so far
+(`resource.getrusage(RUSAGE_SELF).ru_maxrss`, a high-water mark that includes the N x D
+embedding matrix itself).
+
+    python benchmarks/select.py --n 100000          # development size
+    python benchmarks/select.py                     # full size: N = 1M
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# This file is named select.py: drop its folder from sys.path so that `import select`
+# (used by subprocess, which torch imports) finds the standard library module.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+
+import argparse  # noqa: E402
+import os  # noqa: E402
+import resource  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from alkit.acquisition.pipeline import score_in_chunks  # noqa: E402
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB on Linux
+
+
+def unit_embeddings(num_items: int, dim: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    vectors = np.empty((num_items, dim), dtype=np.float32)
+    for start in range(0, num_items, 65536):  # generate in blocks to bound temporaries
+        block = rng.standard_normal((min(65536, num_items - start), dim), dtype=np.float32)
+        block /= np.linalg.norm(block, axis=1, keepdims=True)
+        vectors[start : start + block.shape[0]] = block
+    return vectors
+
+
+class LinearHeadSampler:
+    """Shared posterior samples of a linear head; `probs(x) -> (S, n, K)` float32."""
+
+    def __init__(self, dim, num_classes, num_samples, noise_rank, seed, scale=20.0, noise=0.5):
+        gen = torch.Generator().manual_seed(seed)
+        self.num_samples, self.num_classes = num_samples, num_classes
+        self.mean_head = torch.randn(dim, num_classes, generator=gen) * (scale / dim**0.5)  # (D, K)
+        self.noise_rank = noise_rank
+        if noise_rank > 0:
+            basis, _ = torch.linalg.qr(torch.randn(dim, noise_rank, generator=gen))  # U (D, r)
+            self.first = torch.cat([self.mean_head, basis], dim=1).contiguous()  # (D, K + r)
+            self.noise = torch.randn(noise_rank, num_samples * num_classes, generator=gen) * noise * scale
+        else:
+            stacked = self.mean_head.unsqueeze(1) + torch.randn(dim, num_samples, num_classes, generator=gen) * (
+                noise * scale / dim**0.5
+            )
+            self.first = stacked.reshape(dim, num_samples * num_classes).contiguous()  # (D, S*K)
+
+    def mean_probs(self, x: np.ndarray) -> torch.Tensor:
+        """Deterministic (MAP) predictive `(1, n, K)`."""
+        return torch.softmax(torch.from_numpy(x) @ self.mean_head, dim=-1).unsqueeze(0)
+
+    def probs(self, x: np.ndarray) -> torch.Tensor:
+        n, samples, classes = x.shape[0], self.num_samples, self.num_classes
+        first = torch.from_numpy(x) @ self.first
+        if self.noise_rank > 0:
+            logits = (first[:, classes:] @ self.noise).view(n, samples, classes)  # (n, S, K)
+            logits += first[:, None, :classes]
+        else:
+            logits = first.view(n, samples, classes)
+        return torch.softmax(logits, dim=-1).permute(1, 0, 2)  # (S, n, K) view, no copy
+
+
+CPU_SECONDS: dict[float, float] = {}
+
+
+def timed(function):
+    """Wall seconds of one call; the process CPU seconds go to CPU_SECONDS[wall]."""
+    start, cpu_start = time.perf_counter(), time.process_time()
+    result = function()
+    wall = time.perf_counter() - start
+    CPU_SECONDS[wall] = time.process_time() - cpu_start
+    print(f"  step done: wall {wall:.2f} s, cpu {CPU_SECONDS[wall]:.2f} s, peak RSS {peak_rss_gb():.2f} GB", flush=True)
+    return result, wall
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--d", type=int, default=512)
+    parser.add_argument("--k", type=int, default=100)
+    parser.add_argument("--samples", type=int, default=64)
+    parser.add_argument("--targets", type=int, default=100)
+    parser.add_argument("--candidates", type=int, default=10_000)
+    parser.add_argument("--chunk", type=int, default=2048, help="pool items per predict_chunk call")
+    parser.add_argument("--noise-rank", type=int, default=32, help="rank of the weight noise; 0 = full rank")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    embeddings = unit_embeddings(args.n, args.d, args.seed)
+    sampler = LinearHeadSampler(args.d, args.k, args.samples, args.noise_rank, args.seed)
+    chunk = args.chunk
+    print(
+        f"N={args.n} D={args.d} K={args.k} S={args.samples} M={args.targets} candidates={args.candidates} "
+        f"noise_rank={args.noise_rank} chunk={chunk} torch_threads={torch.get_num_threads()} cpus={os.cpu_count()}"
+    )
+    print(f"embeddings loaded, peak RSS {peak_rss_gb():.2f} GB")
+
+    def bare_matmul():
+        out = np.empty((args.n, args.k), dtype=np.float32)
+        weights = sampler.mean_head.numpy()
+        for start in range(0, args.n, 65536):
+            np.matmul(embeddings[start : start + 65536], weights, out=out[start : start + 65536])
+        return out
+
+    _, matmul_seconds = timed(bare_matmul)
+    rows = [("bare matmul (N x D)(D x K)", matmul_seconds, "-")]
+
+    entropy, seconds = timed(
+        lambda: score_in_chunks(lambda a, b: sampler.mean_probs(embeddings[a:b]), args.n, "entropy", chunk_size=65536)
+    )
+    rows.append(("entropy (MAP predictive, S=1)", seconds, "-"))
+
+    _, seconds = timed(
+        lambda: score_in_chunks(lambda a, b: sampler.probs(embeddings[a:b]), args.n, "entropy", chunk_size=chunk)
+    )
+    rows.append((f"entropy (mean of S={args.samples} probs)", seconds, "-"))
+
+    _, seconds = timed(
+        lambda: score_in_chunks(lambda a, b: sampler.probs(embeddings[a:b]), args.n, "bald", chunk_size=chunk)
+    )
+    rows.append((f"BALD (S={args.samples})", seconds, "-"))
+
+    def epig_with_prefilter():
+        prefilter = score_in_chunks(
+            lambda a, b: sampler.mean_probs(embeddings[a:b]), args.n, "entropy", chunk_size=65536
+        )
+        candidates = np.argpartition(-prefilter, args.candidates - 1)[: args.candidates]
+        target_rows = np.random.default_rng(args.seed + 1).choice(args.n, args.targets, replace=False)
+        targets = sampler.probs(embeddings[target_rows]).contiguous()  # (S, M, K), same samples
+        candidate_embeddings = embeddings[candidates]
+        return score_in_chunks(
+            lambda a, b: sampler.probs(candidate_embeddings[a:b]),
+            args.candidates,
+            "epig",
+            chunk_size=chunk,
+            targets_probs=targets,
+        )
+
+    _, seconds = timed(epig_with_prefilter)
+    rows.append((f"EPIG (S={args.samples}, M={args.targets}) on {args.candidates} candidates + entropy pre-filter", seconds, "-"))
+
+    print(f"\n| step | wall s | process CPU s | wall / bare matmul wall |\n| --- | ---: | ---: | ---: |")
+    for name, seconds, _ in rows:
+        print(f"| {name} | {seconds:.2f} | {CPU_SECONDS[seconds]:.2f} | {seconds / matmul_seconds:.1f} |")
+    print(f"\npeak RSS (getrusage ru_maxrss, whole process incl. embeddings): {peak_rss_gb():.2f} GB")
+    assert np.isfinite(entropy).all()
+
+
+if __name__ == "__main__":
+    main()

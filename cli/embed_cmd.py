@@ -1,0 +1,85 @@
+"""`alkit embed`: open_clip vectors for the pool, or imported ones from an .npz file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from alkit_cli.render import emit_json, note
+
+RANDOM_WARNING = (
+    "WARNING: no --pretrained weights: embedding with RANDOM weights (for tests only, the vectors mean "
+    "nothing); pass --pretrained TAG or --pretrained CHECKPOINT_FILE"
+)
+
+
+def embed(
+    ctx: typer.Context,
+    model: Optional[str] = typer.Option(None, "--model", help="open_clip architecture, e.g. ViT-B-32 (setting: model)."),
+    pretrained: Optional[str] = typer.Option(
+        None, "--pretrained", help="Hub tag (e.g. laion2b_s34b_b79k) or local checkpoint file (setting: pretrained)."
+    ),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per forward pass (setting: batch_size)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Decoding worker processes; 0 decodes in-process."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or auto (setting: device)."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32, fp16 or bf16 (setting: precision)."),
+    from_file: Optional[Path] = typer.Option(
+        None, "--from", help="Import embeddings from an .npz with `paths`, `embeddings` (N x D) [, `text_embeddings`]."
+    ),
+    name: Optional[str] = typer.Option(None, "--name", help="Name of the imported embedding space (with --from)."),
+    shard_rows: int = typer.Option(1024, "--shard-rows", hidden=True, help="Rows per shard file / transaction."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar [default: when stderr is a terminal]."),
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Embed every registered image without vectors for the model (resumable; kill-safe)."""
+    if from_file is not None:
+        _import(ctx, from_file, name, shard_rows, progress, json_output)
+        return
+    if name is not None:
+        raise typer.BadParameter("--name only applies with --from FILE.npz")
+    from alkit.workflows.embed import embed_images
+
+    flags = dict(model=model, pretrained=pretrained, batch_size=batch_size, workers=workers, device=device, precision=precision)
+    project = ctx.obj.project(**{k: v for k, v in flags.items() if v is not None})
+    if not project.settings.pretrained:
+        note(RANDOM_WARNING)
+    result = embed_images(project, show_progress=progress, shard_rows=shard_rows)
+    if json_output:
+        emit_json(result.as_json())
+    else:
+        typer.echo(
+            f"embedded {result.embedded} images with {result.spec_name} (spec {result.spec_id}, current) on "
+            f"{result.device} {result.precision} in {result.seconds:.1f} s ({result.images_per_second:.1f} img/s); "
+            f"{len(result.rejected)} rejected"
+        )
+        for item in result.rejected[:20]:
+            note(f"  rejected {item.get('path')}: {item['reason']}")
+        if result.text_features is None:
+            note("no class-prompt text features yet (no classes); they are computed when classes are set and needed")
+    if result.random_weights:
+        note(RANDOM_WARNING)
+
+
+def _import(ctx: typer.Context, from_file: Path, name: Optional[str], shard_rows: int, progress, json_output: bool) -> None:
+    from alkit.errors import InputError
+    from alkit.workflows.embed import import_embeddings
+
+    if not name:
+        raise InputError("--from needs --name NAME for the imported embedding space")
+    result = import_embeddings(ctx.obj.project(), from_file, name, shard_rows=shard_rows, show_progress=progress)
+    if json_output:
+        emit_json(result.as_json())
+        return
+    typer.echo(
+        f"imported {result.embedded} embeddings ({result.dim}-dim) as {result.spec_name!r} (spec {result.spec_id}, current); "
+        f"{result.registered} images newly registered, {result.already_embedded} already had vectors, "
+        f"{len(result.skipped)} skipped; text embeddings: {'stored' if result.text_features else 'none'}"
+    )
+    for item in result.skipped[:20]:
+        note(f"  skipped {item['path']}: {item['reason']}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(embed)

@@ -1,0 +1,64 @@
+"""`alkit fit`, `alkit predict`."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from alkit_cli.render import echo_table, emit_json, emit_json_lines
+
+
+def fit(
+    ctx: typer.Context,
+    posterior: Optional[str] = typer.Option(None, "--posterior", help="bayesvlm | laplace_head [default: by embedding kind]."),
+    factors: Optional[str] = typer.Option(None, "--factors", help="Directory with A_img.npy, B_img.npy[, A_txt, B_txt, n, lam]."),
+    pseudo_data: float = typer.Option(10.0, "--pseudo-data", help="Pseudo-data count n of the KFAC posterior."),
+    candidate_batch_size: Optional[int] = typer.Option(None, "--candidate-batch-size", help="Texts per GGN candidate batch."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed [default: setting `seed`]."),
+    json_output: bool = typer.Option(False, "--json"),
+) -> None:
+    """Fit a new posterior version on the current labels (zero-shot with none)."""
+    from alkit.workflows.fit import FitSettings, fit_posterior
+
+    project = ctx.obj.project(seed=seed)
+    result = fit_posterior(
+        project,
+        FitSettings(
+            posterior=posterior, factors_dir=factors, pseudo_data=pseudo_data,
+            candidate_batch_size=candidate_batch_size, seed=project.settings.seed,
+        ),
+    )
+    if json_output:
+        emit_json(result.as_json())
+        return
+    typer.echo(
+        f"posterior v{result.version} ({result.kind}): {result.labels_used} labels, curvature from "
+        f"{result.curvature_source}; prior precision {result.prior_precision:.4g}; {result.seconds:.1f} s"
+    )
+
+
+def predict(
+    ctx: typer.Context,
+    split: Optional[str] = typer.Option(None, "--split", help="pool, target or test [default: all]."),
+    json_output: bool = typer.Option(False, "--json", help="JSON lines, one per image."),
+    limit: int = typer.Option(50, "--limit", help="Rows in the table (JSON prints all)."),
+) -> None:
+    """Per-image class probabilities, predictive entropy and logit variance."""
+    from alkit.workflows.predict import predict_split
+
+    predictions = predict_split(ctx.obj.project(), split)
+    if json_output:
+        emit_json_lines(p.__dict__ for p in predictions)
+        return
+    rows = []
+    for index, p in enumerate(predictions):
+        if index >= limit:
+            break
+        rows.append((p.image_id, p.predicted_class, f"{p.probability:.3f}", f"{p.entropy:.3f}", f"{p.logit_variance:.3g}", p.path))
+    echo_table(rows, ["id", "class", "prob", "entropy", "logit var", "path"])
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(fit)
+    app.command()(predict)

@@ -1,0 +1,74 @@
+"""`alkit select`, `alkit strategies`."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from alkit_cli.render import echo_table, emit_json_lines, note
+
+
+def select(
+    ctx: typer.Context,
+    budget: int = typer.Option(..., "--budget", "-b", help="Images to select (B)."),
+    strategy: str = typer.Option("bald", "--strategy", "-s", help="Scorer; see `alkit strategies`."),
+    batch_mode: str = typer.Option("power", "--batch-mode", help="top | power | softmax | softrank."),
+    beta: float = typer.Option(1.0, "--beta", help="Coldness of the stochastic batch modes."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed [default: setting `seed`]."),
+    samples: int = typer.Option(64, "--samples", help="Shared posterior samples S."),
+    target: Optional[str] = typer.Option(None, "--target", help="Split whose images are the EPIG targets."),
+    query: Optional[str] = typer.Option(None, "--query", help="Text query: score only pool items near it."),
+    like: Optional[List[str]] = typer.Option(None, "--like", help="Example image(s): score only pool items near them."),
+    candidates: Optional[int] = typer.Option(None, "--candidates", help="How many nearest pool items to score."),
+    num_targets: int = typer.Option(100, "--num-targets", help="EPIG target inputs M."),
+    dedup_threshold: float = typer.Option(0.98, "--dedup-threshold", help="Max cosine between two batch items (1 disables)."),
+    cold_start: str = typer.Option("typiclust", "--cold-start", help="typiclust | kcenter, used before any posterior."),
+    json_output: bool = typer.Option(False, "--json", help="JSON lines: one per selected image."),
+) -> None:
+    """Select the next batch and record it as an open round."""
+    from alkit.workflows.select import SelectSettings, select_round
+
+    project = ctx.obj.project(seed=seed)
+    result = select_round(
+        project,
+        SelectSettings(
+            budget=budget, strategy=strategy, batch_mode=batch_mode, beta=beta, seed=project.settings.seed,
+            samples=samples, num_targets=num_targets, target_split=target, query=query, like=tuple(like or ()),
+            candidates=candidates, dedup_threshold=None if dedup_threshold >= 1 else dedup_threshold, cold_start=cold_start,
+        ),
+    )
+    for line in result.notes:
+        note(line)
+    if json_output:
+        emit_json_lines(
+            {"round": result.round_id, "id": i.image_id, "path": i.path, "rank": i.rank, "score": i.score,
+             "predicted_class": i.predicted_class, "probability": i.probability}
+            for i in result.items
+        )
+        return
+    typer.echo(
+        f"round {result.round_id}: {len(result.items)} images by {result.strategy} via {result.method}; "
+        f"pool {result.pool_size}, scored {result.scored}, {result.seconds:.2f} s"
+    )
+    echo_table(
+        [(i.rank, i.image_id, "" if i.score is None else f"{i.score:.4f}", i.predicted_class or "",
+          "" if i.probability is None else f"{i.probability:.3f}", i.path) for i in result.items],
+        ["rank", "id", "score", "predicted", "prob", "path"],
+    )
+
+
+def strategies() -> None:
+    """List the scorers, batch modes and cold-start selectors."""
+    from alkit.acquisition import BATCH_MODES, COLD_START, SCORERS
+
+    echo_table([(name, SCORERS.describe(name)) for name in SCORERS.names()], ["strategy", "description"])
+    typer.echo("")
+    echo_table([(name, BATCH_MODES.describe(name)) for name in BATCH_MODES.names()], ["batch mode", "description"])
+    typer.echo("")
+    echo_table([(name, COLD_START.describe(name)) for name in COLD_START.names()], ["cold start", "description"])
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(select)
+    app.command()(strategies)

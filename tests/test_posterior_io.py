@@ -1,0 +1,72 @@
+"""Posterior save/load: exact round trip, refusal of a foreign spec or class list, registry."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from alkit.errors import IntegrityError, UnknownNameError
+from alkit.posterior.bayesvlm import BayesVLMPosterior
+from alkit.posterior.io import POSTERIORS, get_posterior_class, load_posterior
+from alkit.posterior.laplace_head import LaplaceHeadPosterior, fit_laplace_head
+
+CLASSES = ("cat", "dog", "fox")
+
+
+def _bayesvlm():
+    rng = np.random.default_rng(0)
+    text = rng.normal(size=(3, 6))
+    return BayesVLMPosterior.from_pool_curvature(
+        rng.normal(size=(20, 4)), rng.normal(size=(6, 4)), text, 10.0, 4.0, candidate_batch_size=2,
+        classes=CLASSES, embedding_spec_key="ViT-B-32/openai",
+    )
+
+
+def _head():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(15, 5))
+    return fit_laplace_head(x, rng.integers(0, 3, 15), 3, rng.normal(size=(3, 5)), 4.0, classes=CLASSES,
+                            embedding_spec_key="imported:abc")
+
+
+@pytest.mark.parametrize("make", [_bayesvlm, _head])
+def test_round_trip_is_exact(tmp_path, make):
+    post = make()
+    post.save(tmp_path / "v1")
+    loaded = load_posterior(tmp_path / "v1", post.embedding_spec_key, list(CLASSES))
+    assert type(loaded) is type(post)
+    for name, value in post.to_state()[0].items():
+        np.testing.assert_array_equal(loaded.to_state()[0][name], value)
+    assert loaded.to_state()[1] == json.loads(json.dumps(post.to_state()[1]))
+    assert loaded.provenance.curvature_source == post.provenance.curvature_source
+    x = np.random.default_rng(2).normal(size=(4, 4 if make is _bayesvlm else 5))
+    np.testing.assert_array_equal(loaded.predict(x), post.predict(x))
+    header = json.loads((tmp_path / "v1" / "header.json").read_text())
+    assert header["kind"] == post.kind and header["classes"] == list(CLASSES)
+    assert "pickle" not in (tmp_path / "v1" / "arrays.safetensors").read_bytes()[:200].decode("latin1")
+
+
+def test_candidate_batch_size_is_recorded(tmp_path):
+    _bayesvlm().save(tmp_path)
+    assert load_posterior(tmp_path).factors.candidate_batch_size == 2
+
+
+def test_load_refuses_another_spec_or_class_list(tmp_path):
+    _bayesvlm().save(tmp_path)
+    with pytest.raises(IntegrityError, match=r"'ViT-B-32/openai'.*'ViT-L-14/openai'.*alkit fit"):
+        load_posterior(tmp_path, "ViT-L-14/openai", list(CLASSES))
+    with pytest.raises(IntegrityError, match=r"3 classes.*2 classes.*alkit fit"):
+        load_posterior(tmp_path, "ViT-B-32/openai", ["cat", "dog"])
+    with pytest.raises(IntegrityError, match="classes"):
+        load_posterior(tmp_path, "ViT-B-32/openai", ["dog", "cat", "fox"])  # order matters
+    with pytest.raises(IntegrityError, match="no posterior header"):
+        load_posterior(tmp_path / "missing")
+
+
+def test_registry_names_and_unknown_name():
+    assert POSTERIORS.names() == ["bayesvlm", "laplace_head"]
+    assert get_posterior_class("laplace_head") is LaplaceHeadPosterior
+    with pytest.raises(UnknownNameError, match="bayesvlm, laplace_head"):
+        get_posterior_class("probvlm")

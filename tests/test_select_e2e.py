@@ -1,0 +1,108 @@
+"""End to end through the CLI on imported embeddings: add, import, classes, labels, fit, select."""
+
+import json
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+
+@pytest.fixture
+def imported_pool(cli, make_images, tmp_path):
+    """60 images in 3 clusters with imported embeddings and class text embeddings; 6 labels."""
+    rng = np.random.default_rng(0)
+    num_classes, dim, count = 3, 16, 60
+    centres = rng.normal(size=(num_classes, dim))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    truth = np.arange(count) % num_classes
+    vectors = centres[truth] + 0.8 * rng.normal(size=(count, dim))
+    paths = make_images(count)
+    npz = tmp_path / "emb.npz"
+    np.savez(npz, paths=np.array([str(p) for p in paths]), embeddings=vectors.astype(np.float32),
+             text_embeddings=centres.astype(np.float32))
+    labels_csv = tmp_path / "labels.csv"
+    names = ["a", "b", "c"]
+    labels_csv.write_text("path,label\n" + "".join(f"{paths[i]},{names[truth[i]]}\n" for i in range(6)))
+    assert cli("init").exit_code == 0
+    assert cli("add", str(paths[0].parent)).exit_code == 0
+    assert cli("classes", "set", *names).exit_code == 0
+    assert cli("embed", "--from", str(npz), "--name", "synthetic").exit_code == 0
+    assert cli("labels", "import", str(labels_csv)).exit_code == 0
+    return paths, truth
+
+
+def round_rows(project_dir):
+    engine = sa.create_engine(f"sqlite:///{project_dir / 'alkit.db'}")
+    with engine.connect() as connection:
+        rounds = connection.execute(sa.text("SELECT id, strategy, seed, posterior_version, embedding_spec_id, settings FROM rounds")).all()
+        items = connection.execute(sa.text("SELECT round_id, image_id, rank, score FROM round_items ORDER BY round_id, rank")).all()
+        labelled = set(connection.execute(sa.text("SELECT image_id FROM labels")).scalars())
+    engine.dispose()
+    return rounds, items, labelled
+
+
+@pytest.mark.parametrize("strategy", ["bald", "entropy", "epig", "margin", "random"])
+def test_fit_then_select_records_round_and_skips_labelled(cli, imported_pool, strategy):
+    fit = cli("fit", "--json")
+    assert fit.exit_code == 0, fit.output
+    assert json.loads(fit.stdout)["kind"] == "laplace_head"
+    result = cli("select", "--budget", "8", "--strategy", strategy, "--seed", "3", "--json")
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(lines) == 8 and len({line["id"] for line in lines}) == 8
+    assert all(line["path"].startswith("/") for line in lines)
+    rounds, items, labelled = round_rows(cli.project_dir)
+    assert len(rounds) == 1 and rounds[0].strategy == strategy and rounds[0].seed == 3
+    assert [item.rank for item in items] == list(range(1, 9))
+    assert not labelled & {item.image_id for item in items}
+    second = [json.loads(line) for line in cli("select", "--budget", "8", "--strategy", strategy, "--json").stdout.splitlines()]
+    assert not {line["id"] for line in second} & ({line["id"] for line in lines} | labelled)
+
+
+def test_same_seed_same_state_same_batch(cli, imported_pool, tmp_path):
+    import shutil
+
+    cli("fit")
+    snapshot = tmp_path / "snapshot"
+    shutil.copytree(cli.project_dir, snapshot)
+    first = cli("select", "--budget", "5", "--seed", "11", "--json").stdout
+    shutil.rmtree(cli.project_dir)
+    shutil.copytree(snapshot, cli.project_dir)
+    second = cli("select", "--budget", "5", "--seed", "11", "--json").stdout
+    assert [json.loads(l)["id"] for l in first.splitlines()] == [json.loads(l)["id"] for l in second.splitlines()]
+
+
+def test_budget_larger_than_pool_is_a_clear_error(cli, imported_pool):
+    result = cli("select", "--budget", "500")
+    assert result.exit_code == 5
+    assert "budget 500 > 54 unlabelled images" in result.stderr
+
+
+def test_unknown_strategy_lists_valid_ones(cli, imported_pool):
+    result = cli("select", "--budget", "2", "--strategy", "nope")
+    assert result.exit_code == 4 and "valid: bald, entropy, epig" in result.stderr
+
+
+def test_select_without_posterior_fits_zero_shot_from_text_embeddings(cli, imported_pool):
+    result = cli("select", "--budget", "4")
+    assert result.exit_code == 0, result.output
+    assert "fitted" in result.stderr and "posterior v1" in result.stderr
+
+
+def test_select_before_embedding_says_what_to_do(cli, make_images):
+    paths = make_images(3)
+    cli("init")
+    cli("add", str(paths[0].parent))
+    cli("classes", "set", "a", "b")
+    result = cli("select", "--budget", "1")
+    assert result.exit_code == 5 and "alkit embed" in result.stderr
+
+
+def test_predict_json_lines(cli, imported_pool):
+    cli("fit")
+    lines = [json.loads(l) for l in cli("predict", "--json").stdout.splitlines()]
+    assert len(lines) == 60
+    for line in lines:
+        assert abs(sum(line["probs"].values()) - 1) < 1e-6
+        assert line["predicted_class"] == max(line["probs"], key=line["probs"].get)
+        assert 0 <= line["entropy"] <= np.log(3) + 1e-9
