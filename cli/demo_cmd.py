@@ -12,8 +12,8 @@ from alkit_cli.render import echo_table, emit_json, note
 
 def demo(
     directory: Path = typer.Option(Path("alkit-demo"), "--dir", help="Where the projects, images and report go."),
-    rounds: int = typer.Option(4, "--rounds", help="Selection rounds per strategy."),
-    budget: int = typer.Option(25, "--budget", help="Images labelled per round."),
+    rounds: int = typer.Option(5, "--rounds", help="Selection rounds per strategy."),
+    budget: int = typer.Option(40, "--budget", help="Images labelled per round."),
     strategy: str = typer.Option("bald", "--strategy", help="Strategy compared against random."),
     pool_size: Optional[int] = typer.Option(None, "--pool-size", help="Use only this many pool images (faster)."),
     seed: int = typer.Option(0, "--seed"),

@@ -106,3 +106,27 @@ def test_predict_json_lines(cli, imported_pool):
         assert abs(sum(line["probs"].values()) - 1) < 1e-6
         assert line["predicted_class"] == max(line["probs"], key=line["probs"].get)
         assert 0 <= line["entropy"] <= np.log(3) + 1e-9
+
+
+def test_cold_start_without_prompts_or_labels_covers_the_clusters(cli, make_images, tmp_path):
+    """Imported embeddings with no text embeddings and no labels: a representativeness
+    selector, not random, picks one image per well-separated cluster."""
+    rng = np.random.default_rng(5)
+    centres = np.eye(6)[:, :6] * 10
+    truth = np.repeat(np.arange(6), 8)
+    vectors = centres[truth] + 0.1 * rng.normal(size=(48, 6))
+    paths = make_images(48)
+    npz = tmp_path / "e.npz"
+    np.savez(npz, paths=np.array([str(p) for p in paths]), embeddings=vectors.astype(np.float32))
+    cli("init")
+    cli("add", str(paths[0].parent))
+    cli("classes", "set", "a", "b")
+    cli("embed", "--from", str(npz), "--name", "plain")
+    result = cli("select", "--budget", "6", "--json")
+    assert result.exit_code == 0, result.output
+    assert "cold-start" in result.stderr
+    chosen = [json.loads(l)["id"] for l in result.stdout.splitlines()]
+    position = {str(p): i for i, p in enumerate(paths)}
+    rows = [json.loads(l) for l in result.stdout.splitlines()]
+    clusters = {int(truth[position[row["path"]]]) for row in rows}
+    assert len(chosen) == 6 and clusters == set(range(6))

@@ -29,8 +29,8 @@ from alkit.storage.schema import ImageStatus, LabelSource, classes, images, labe
 @dataclass(frozen=True)
 class DemoSettings:
     directory: Path = Path("alkit-demo")
-    rounds: int = 4
-    budget: int = 25
+    rounds: int = 5
+    budget: int = 40
     strategy: str = "bald"
     batch_mode: str = "power"
     seed: int = 0
