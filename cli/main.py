@@ -79,18 +79,19 @@ def main_options(
 
 
 def _register_commands() -> None:
-    from alkit_cli import classes_cmd, labels_cmd, pool_cmd
+    """Each command module registers its commands; modules import nothing heavy at load."""
+    from alkit_cli import (
+        classes_cmd, demo_cmd, embed_cmd, eval_cmd, fit_cmd, labels_cmd, ls_cmd, pool_cmd, select_cmd,
+    )
 
     pool_cmd.register(app)
     app.add_typer(classes_cmd.app, name="classes")
     app.add_typer(labels_cmd.app, name="labels")
-    from alkit_cli import ls_cmd; ls_cmd.register(app)  # noqa: E702 - Label Studio: ls, push, pull, sync
-    from alkit_cli import embed_cmd; embed_cmd.register(app)  # noqa: E702
-    from alkit_cli import demo_cmd, eval_cmd, fit_cmd, select_cmd
-
+    embed_cmd.register(app)
     fit_cmd.register(app)
     select_cmd.register(app)
     eval_cmd.register(app)
+    ls_cmd.register(app)  # ls connect/serve-webhook, push, pull, sync
     demo_cmd.register(app)
 
 

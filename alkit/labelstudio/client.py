@@ -1,0 +1,320 @@
+"""The one place alkit talks to Label Studio (label-studio-sdk 2.x), with retries and clean errors.
+
+Every call goes through `_call`: connection errors and 5xx answers are retried with
+exponential backoff; 401/403 (bad token), 404 (missing project, JSON or HTML body) and the
+rest become one-line `ExternalServiceError`s that never contain the token. Task import is
+retried only when the request never reached the server, so a retry cannot duplicate
+tasks (the push workflow reconciles by `data.alkit_id` anyway). The SDK (which imports
+pandas) is imported on first use, never at `alkit --help`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+from alkit.errors import ExternalServiceError
+from alkit.labelstudio.config import DATA_ID_KEY
+
+LOOKUP_CHUNK = 200  # alkit ids per regex filter when looking up existing tasks
+PAGE_SIZE = 500
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 4  # total tries for one call
+    base_delay_s: float = 0.5
+    max_delay_s: float = 8.0
+
+    def delay(self, attempt: int) -> float:
+        return min(self.max_delay_s, self.base_delay_s * (2 ** (attempt - 1)))
+
+
+def _detail(body: Any) -> str:
+    """A short reason from an error body that may be JSON, HTML, bytes or nothing."""
+    if isinstance(body, bytes):
+        body = body.decode("utf-8", "replace")
+    if isinstance(body, dict):
+        detail = str(body.get("detail") or body.get("message") or "").strip()
+        errors = body.get("validation_errors")
+        if errors:
+            detail = f"{detail}: {json.dumps(errors, ensure_ascii=False)}" if detail else json.dumps(errors)
+        return detail[:300]
+    if isinstance(body, str):
+        if "<html" in body.lower() or "<!doctype" in body.lower():
+            return "HTML error page"
+        return re.sub(r"\s+", " ", body).strip()[:200]
+    return ""
+
+
+class LabelStudioClient:
+    """A thin adapter over the SDK for the ~10 endpoints alkit uses."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None,
+        timeout_s: float = 60.0,
+        retry: RetryPolicy = RetryPolicy(),
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if not url:
+            raise ExternalServiceError("no Label Studio URL; run `alkit ls connect --url URL ...` first")
+        if not token:
+            raise ExternalServiceError(
+                "no Label Studio token; export ALKIT_LS_TOKEN=<Access Token from Account & Settings> or pass --token"
+            )
+        self.url = url.rstrip("/")
+        self._token = token
+        self._timeout_s = timeout_s
+        self._retry = retry
+        self._sleep = sleep
+        self._sdk_client = None
+
+    def __repr__(self) -> str:  # never show the token
+        return f"LabelStudioClient(url={self.url!r})"
+
+    @property
+    def _sdk(self):
+        if self._sdk_client is None:
+            from label_studio_sdk import LabelStudio
+
+            self._sdk_client = LabelStudio(
+                base_url=self.url, api_key=self._token, timeout=self._timeout_s, max_retries=0
+            )
+        return self._sdk_client
+
+    # -- error handling --------------------------------------------------------------------
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._token, "***") if self._token else text
+
+    def _error(self, what: str, error: BaseException, attempts: int) -> ExternalServiceError:
+        from label_studio_sdk.core.api_error import ApiError
+
+        if isinstance(error, ApiError):
+            status = error.status_code
+            detail = _detail(error.body)
+            reason = f"{status}{': ' + detail if detail else ''}"
+            if status in (401, 403):
+                message = (
+                    f"Label Studio at {self.url} refused the token while trying to {what} ({reason}); "
+                    "set ALKIT_LS_TOKEN (or --token) to a valid Access Token from Account & Settings"
+                )
+            elif status == 404:
+                message = (
+                    f"Label Studio at {self.url}: not found while trying to {what} ({reason}); check ls_project_id "
+                    "in alkit.toml or run `alkit ls connect --project-id ID` / `--create TITLE`"
+                )
+            elif status >= 500:
+                message = (
+                    f"Label Studio at {self.url} failed to {what} ({reason}) after {attempts} attempts; "
+                    "check the server log, then rerun"
+                )
+            else:
+                message = f"Label Studio at {self.url} rejected the request to {what} ({reason})"
+        else:
+            reason = str(error) or type(error).__name__
+            message = (
+                f"cannot reach Label Studio at {self.url} to {what} ({type(error).__name__}: {reason}) after "
+                f"{attempts} attempts; start the server or fix the URL with `alkit ls connect --url URL`"
+            )
+        return ExternalServiceError(self._scrub(message))
+
+    def _call(self, what: str, fn: Callable[[], Any], idempotent: bool = True) -> Any:
+        import httpx
+        from label_studio_sdk.core.api_error import ApiError
+
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return fn()
+            except ApiError as error:
+                retry = idempotent and (error.status_code or 0) >= 500
+                if not retry or attempt >= self._retry.attempts:
+                    raise self._error(what, error, attempt) from None
+            except httpx.TransportError as error:
+                # A refused connection never reached the server: safe to retry any call.
+                retry = idempotent or isinstance(error, httpx.ConnectError)
+                if not retry or attempt >= self._retry.attempts:
+                    raise self._error(what, error, attempt) from None
+            self._sleep(self._retry.delay(attempt))
+
+    # -- endpoints -------------------------------------------------------------------------
+
+    def whoami(self) -> dict:
+        user = self._call("check the token", lambda: self._sdk.users.whoami())
+        return {"id": user.id, "email": getattr(user, "email", None)}
+
+    def server_time(self):
+        """The server's clock (HTTP `Date` header of /health/, 1 s resolution), None if absent."""
+        import httpx
+        from email.utils import parsedate_to_datetime
+
+        response = self._call("read the server time", lambda: httpx.get(f"{self.url}/health/", timeout=self._timeout_s))
+        try:
+            return parsedate_to_datetime(response.headers["date"])
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def create_project(self, title: str, label_config: str, description: str = "") -> int:
+        project = self._call(
+            "create a project",
+            lambda: self._sdk.projects.create(title=title, label_config=label_config, description=description),
+            idempotent=False,
+        )
+        return int(project.id)
+
+    def get_project(self, project_id: int) -> dict:
+        project = self._call(f"read project {project_id}", lambda: self._sdk.projects.get(id=project_id))
+        return {"id": int(project.id), "title": project.title, "label_config": project.label_config}
+
+    def set_label_config(self, project_id: int, label_config: str) -> None:
+        self._call(
+            f"update the labeling config of project {project_id}",
+            lambda: self._sdk.projects.update(id=project_id, label_config=label_config),
+        )
+
+    def local_storage_paths(self, project_id: int) -> list[str]:
+        storages = self._call(
+            f"list local-files storages of project {project_id}",
+            lambda: self._sdk.import_storage.local.list(project=project_id),
+        )
+        return [s.path for s in storages if s.path]
+
+    def create_local_storage(self, project_id: int, path: str) -> None:
+        self._call(
+            f"create a local-files storage for {path} in project {project_id}",
+            lambda: self._sdk.import_storage.local.create(
+                project=project_id, path=path, use_blob_urls=True, title=f"alkit: {path}"
+            ),
+            idempotent=False,
+        )
+
+    def task_ids_by_alkit_id(self, project_id: int, alkit_ids: list[str]) -> dict[str, int]:
+        """Existing tasks of the project with one of `alkit_ids` in `data.alkit_id`.
+
+        With duplicates (possible only from pushes outside alkit), the lowest task id wins.
+        """
+        found: dict[str, int] = {}
+        for start in range(0, len(alkit_ids), LOOKUP_CHUNK):
+            chunk = alkit_ids[start : start + LOOKUP_CHUNK]
+            pattern = "^(" + "|".join(re.escape(key) for key in chunk) + ")$"
+            query = {
+                "filters": {
+                    "conjunction": "and",
+                    "items": [{"filter": f"filter:tasks:data.{DATA_ID_KEY}", "operator": "regex", "type": "String", "value": pattern}],
+                }
+            }
+            for task in self._pages(project_id, query, fields="task_only", include="id,data", what="look up pushed tasks"):
+                key = str((task.get("data") or {}).get(DATA_ID_KEY))
+                if key in chunk:
+                    found[key] = min(found.get(key, task["id"]), task["id"])
+        return found
+
+    def import_tasks(self, project_id: int, tasks: list[dict]) -> list[int]:
+        """One bulk import; returns the new task ids in input order."""
+        response = self._call(
+            f"import {len(tasks)} tasks into project {project_id}",
+            lambda: self._sdk.projects.import_tasks(id=project_id, request=tasks, return_task_ids=True),
+            idempotent=False,
+        )
+        ids = [int(task_id) for task_id in (response.task_ids or [])]
+        if len(ids) != len(tasks):
+            raise ExternalServiceError(
+                f"Label Studio returned {len(ids)} task ids for {len(tasks)} imported tasks; rerun `alkit push` "
+                "(it finds tasks already created by their alkit_id)"
+            )
+        return ids
+
+    def task_count(self, project_id: int) -> int:
+        page = self._call(
+            f"count tasks of project {project_id}",
+            lambda: self._sdk.tasks.list(project=project_id, page=1, page_size=1, fields="task_only", include="id"),
+        )
+        return int(page.response.total)
+
+    def annotated_task_pages(self, project_id: int, updated_after: str | None) -> Iterator[list[dict]]:
+        """Pages of tasks with their annotations: those updated after `updated_after` (server
+        time, `%Y-%m-%dT%H:%M:%S.%fZ`) through the task list, or, when None, every annotated
+        task through the JSON export (about twice as fast as listing with annotations)."""
+        if updated_after is None:
+            raw = self._call(
+                f"export annotated tasks of project {project_id}",
+                lambda: b"".join(self._sdk.projects.exports.download_sync(id=project_id, export_type="JSON")),
+            )
+            try:
+                tasks = json.loads(raw)
+            except ValueError:
+                raise ExternalServiceError(
+                    f"Label Studio at {self.url} returned an export of project {project_id} that is not JSON; rerun `alkit pull`"
+                ) from None
+            for start in range(0, len(tasks), PAGE_SIZE):
+                yield [_task_dict(task) for task in tasks[start : start + PAGE_SIZE]]
+            return
+        items = [{"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime", "value": updated_after}]
+        query = {"filters": {"conjunction": "and", "items": items}}
+        page: list[dict] = []
+        for task in self._pages(project_id, query, fields="all", what="fetch annotated tasks"):
+            page.append(task)
+            if len(page) == PAGE_SIZE:
+                yield page
+                page = []
+        if page:
+            yield page
+
+    def _pages(self, project_id: int, query: dict, fields: str, what: str, include: str | None = None) -> Iterator[dict]:
+        """Every task matching `query`, page by page (each page retried on its own)."""
+        seen, number = 0, 1
+        extra = {"include": include} if include else {}
+        while True:
+            pager = self._call(
+                f"{what} in project {project_id} (page {number})",
+                lambda: self._sdk.tasks.list(
+                    project=project_id, page=number, page_size=PAGE_SIZE, fields=fields,
+                    query=json.dumps(query), **extra,
+                ),
+            )
+            items = list(pager.items or [])
+            for task in items:
+                yield _task_dict(task)
+            seen += len(items)
+            total = int(getattr(pager.response, "total", 0) or 0)
+            if not items or seen >= total:
+                return
+            number += 1
+
+    def create_webhook(self, project_id: int, url: str, secret_header: dict[str, str]) -> int:
+        hook = self._call(
+            f"register a webhook for project {project_id}",
+            lambda: self._sdk.webhooks.create(
+                url=url, project=project_id, send_payload=True, send_for_all_actions=False,
+                actions=["ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED"], headers=secret_header,
+            ),
+            idempotent=False,
+        )
+        return int(hook.id)
+
+
+def _task_dict(task: Any) -> dict:
+    """A task (SDK model or exported dict) as a plain dict with the keys the mapping reads."""
+    get = task.get if isinstance(task, dict) else lambda key, default=None: getattr(task, key, default)
+    return {
+        "id": int(get("id")),
+        "data": get("data") or {},
+        "annotations": list(get("annotations") or []),
+        "updated_at": _iso(get("updated_at")),
+    }
+
+
+def _iso(value: Any) -> str | None:
+    if value is None:
+        return None
+    if hasattr(value, "isoformat"):
+        text = value.isoformat()
+        return text.replace("+00:00", "Z")
+    return str(value)

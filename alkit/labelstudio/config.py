@@ -1,0 +1,77 @@
+"""Pure builders for what alkit sends to Label Studio: the labeling config and image URLs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import PurePosixPath
+from urllib.parse import quote
+from xml.sax.saxutils import quoteattr
+
+from alkit.errors import ConfigError, InputError
+
+DATA_IMAGE_KEY = "image"  # task.data key the <Image> tag reads
+DATA_ID_KEY = "alkit_id"  # task.data key holding the stable alkit image id
+FROM_NAME = "label"  # <Choices name=...>; every annotation result alkit reads has this from_name
+TO_NAME = "image"
+LOCAL_FILES_PREFIX = "/data/local-files/?d="
+
+
+def label_config(class_names: list[str]) -> str:
+    """An image-classification config: one image, one required single choice per class."""
+    if not class_names:
+        raise ConfigError("no classes defined; run `alkit classes set NAME...` before `alkit ls connect`")
+    choices = "\n".join(f"    <Choice value={quoteattr(name)}/>" for name in class_names)
+    return (
+        "<View>\n"
+        f'  <Image name="{TO_NAME}" value="${DATA_IMAGE_KEY}" zoom="true"/>\n'
+        f'  <Choices name="{FROM_NAME}" toName="{TO_NAME}" choice="single-radio" showInLine="true" required="true">\n'
+        f"{choices}\n"
+        "  </Choices>\n"
+        "</View>"
+    )
+
+
+def relative_to_root(path: str, root: str) -> str:
+    """`path` relative to `root` (both absolute), POSIX separators; InputError when outside."""
+    real_root = os.path.realpath(root)
+    real_path = os.path.realpath(path)
+    if os.path.commonpath([real_root, real_path]) != real_root:
+        raise InputError(
+            f"image {path} is outside the Label Studio local-files root {root}; move the images under it "
+            "or run `alkit ls connect --local-files-root DIR` with a DIR that contains them"
+        )
+    return PurePosixPath(*os.path.relpath(real_path, real_root).split(os.sep)).as_posix()
+
+
+def image_reference(path: str, local_files_root: str | None, url_prefix: str | None) -> str:
+    """What goes into `task.data.image` for one image file.
+
+    `url_prefix` (images already on HTTP) wins: prefix + the path relative to
+    `local_files_root` when that is set (the directory the HTTP server serves), else the
+    absolute path without its leading slash. Otherwise `/data/local-files/?d=<relative path>`.
+    """
+    if url_prefix:
+        relative = relative_to_root(path, local_files_root) if local_files_root else path.lstrip("/")
+        return url_prefix.rstrip("/") + "/" + quote(relative)
+    if local_files_root:
+        return LOCAL_FILES_PREFIX + quote(relative_to_root(path, local_files_root))
+    raise ConfigError(
+        "no way to show images in Label Studio; run `alkit ls connect --local-files-root DIR` "
+        "(the server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT) or `--image-url-prefix URL`"
+    )
+
+
+def storage_directories(paths: list[str], local_files_root: str) -> list[str]:
+    """The first-level sub-directories of the root that hold `paths` (LS refuses the root itself)."""
+    tops: set[str] = set()
+    for path in paths:
+        relative = relative_to_root(path, local_files_root)
+        parts = relative.split("/")
+        if len(parts) < 2:
+            raise InputError(
+                f"image {path} lies directly in the local-files root {local_files_root}; Label Studio only serves "
+                "files in a sub-directory of it: move the images into e.g. "
+                f"{os.path.join(local_files_root, 'images')}"
+            )
+        tops.add(os.path.join(os.path.realpath(local_files_root), parts[0]))
+    return sorted(tops)

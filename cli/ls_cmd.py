@@ -1,0 +1,186 @@
+"""Label Studio commands: `alkit ls connect|serve-webhook`, `alkit push`, `alkit pull`, `alkit sync`.
+
+The token comes only from `--token` or `ALKIT_LS_TOKEN` and is never written or printed.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from alkit_cli.render import emit_json, note
+
+app = typer.Typer(help="Connect to Label Studio and receive its webhooks.", no_args_is_help=True)
+
+TOKEN_HELP = "Label Studio Access Token (default: the ALKIT_LS_TOKEN variable); never stored. Prefer the variable: flags show up in `ps`."
+POLICY_HELP = "How several annotations of one task become labels: majority, unanimous or latest."
+
+
+@app.command()
+def connect(
+    ctx: typer.Context,
+    url: str = typer.Option(..., "--url", help="Label Studio base URL, e.g. http://127.0.0.1:8080"),
+    project_id: Optional[int] = typer.Option(None, "--project-id", help="Use this existing Label Studio project."),
+    create: Optional[str] = typer.Option(None, "--create", help="Create a project with this title (labeling config from the class list)."),
+    local_files_root: Optional[str] = typer.Option(
+        None, "--local-files-root", help="The server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT: images are served from it."
+    ),
+    image_url_prefix: Optional[str] = typer.Option(None, "--image-url-prefix", help="URL prefix that already serves the images over HTTP."),
+    token: Optional[str] = typer.Option(None, "--token", help=TOKEN_HELP),
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Check URL and token, create or check the project, store url and project id in alkit.toml."""
+    from alkit.labelstudio.client import LabelStudioClient
+    from alkit.settings import label_studio_token
+    from alkit.workflows.labelstudio import connect as connect_project
+
+    project = ctx.obj.project()
+    client = LabelStudioClient(url, label_studio_token(token))
+    result = connect_project(project, client, project_id, create, local_files_root, image_url_prefix)
+    if json_output:
+        emit_json(result.as_json())
+        return
+    verb = "created" if result.created else "connected to"
+    typer.echo(f"{verb} Label Studio project {result.project_id} at {result.url} as {result.user}; saved in alkit.toml")
+    for path in result.storages_created:
+        typer.echo(f"local-files storage created for {path}")
+    note("the token was not stored: keep ALKIT_LS_TOKEN set for push, pull and sync")
+
+
+@app.command("serve-webhook")
+def serve_webhook(
+    ctx: typer.Context,
+    port: int = typer.Option(8765, "--port", help="Port to listen on."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind."),
+    secret: Optional[str] = typer.Option(
+        None, "--secret", envvar="ALKIT_LS_WEBHOOK_SECRET", show_envvar=True,
+        help="Shared secret expected in the X-Alkit-Secret header (set it in the Label Studio webhook's headers).",
+    ),
+    pull: bool = typer.Option(True, "--pull/--no-pull", help="Pull right after each accepted event (else only mark)."),
+    token: Optional[str] = typer.Option(None, "--token", help=TOKEN_HELP),
+) -> None:
+    """Receive ANNOTATION_CREATED/UPDATED webhooks: mark labels pending and trigger a pull (a hint; sync polls anyway)."""
+    from alkit.errors import LockedError
+    from alkit.locking import project_lock
+    from alkit.workflows.labelstudio import PullTrigger, client_for, make_webhook_server, pull_annotations
+
+    project = ctx.obj.project()
+    client = client_for(project, token) if pull else None
+
+    def run_pull() -> None:
+        try:
+            with project_lock(project, "labelstudio"):
+                result = pull_annotations(project, client)
+            note(f"pulled: {result.new_labels} label changes, {result.images_labeled} images labelled")
+        except LockedError:
+            note("pull skipped: another alkit process holds the lock (the labels-pending mark stays for it)")
+
+    trigger = PullTrigger(run_pull) if pull else (lambda: None)
+    server = make_webhook_server(project, secret or "", host, port, trigger)
+    note(f"listening on http://{host}:{server.server_address[1]}/ for Label Studio webhooks; Ctrl-C stops")
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+
+
+def push(
+    ctx: typer.Context,
+    round_id: Optional[int] = typer.Option(None, "--round", help="Round to push [default: the newest open round]."),
+    wait: bool = typer.Option(False, "--wait", help="Wait for another push/pull/sync instead of failing."),
+    token: Optional[str] = typer.Option(None, "--token", help=TOKEN_HELP),
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Push a selection round to Label Studio as tasks with predictions (idempotent)."""
+    from alkit.locking import project_lock
+    from alkit.workflows.labelstudio import client_for, push_round
+
+    project = ctx.obj.project()
+    client = client_for(project, token)
+    with project_lock(project, "labelstudio", wait=wait):
+        result = push_round(project, client, round_id)
+    if json_output:
+        emit_json(result.as_json())
+        return
+    typer.echo(
+        f"round {result.round_id}: {result.items} items -> Label Studio project {result.ls_project_id}: "
+        f"{result.imported} imported ({result.with_prediction} with predictions), {result.recovered} recovered "
+        f"from an interrupted push, {result.already_recorded} already there"
+    )
+
+
+def pull(
+    ctx: typer.Context,
+    policy: str = typer.Option("majority", "--policy", help=POLICY_HELP),
+    full: bool = typer.Option(False, "--full", help="Re-read every annotated task, not only those changed since the last pull."),
+    wait: bool = typer.Option(False, "--wait", help="Wait for another push/pull/sync instead of failing."),
+    token: Optional[str] = typer.Option(None, "--token", help=TOKEN_HELP),
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Fetch new and updated annotations from Label Studio and store them as labels."""
+    from alkit.labelstudio.mapping import parse_policy
+    from alkit.locking import project_lock
+    from alkit.workflows.labelstudio import client_for, pull_annotations
+
+    vote_policy = parse_policy(policy)
+    project = ctx.obj.project()
+    client = client_for(project, token)
+    with project_lock(project, "labelstudio", wait=wait):
+        result = pull_annotations(project, client, vote_policy, full=full)
+    if json_output:
+        emit_json(result.as_json())
+        return
+    typer.echo(
+        f"{result.tasks_seen} tasks read: {result.labels_added} labels added, {result.labels_updated} updated, "
+        f"{result.labels_removed} removed; {result.images_labeled} images newly labelled; "
+        f"{result.skipped} skipped, {result.empty} empty annotations"
+    )
+    if result.disagreements:
+        note(f"{len(result.disagreements)} tasks with disagreeing annotators (policy {result.policy}); --json lists them")
+    if result.conflicts:
+        names = sorted({str(value) for c in result.conflicts for value in c["value"]})
+        note(
+            f"{len(result.conflicts)} annotations not stored as labels (unknown classes: {', '.join(names)}); "
+            "fix them in Label Studio or add the class with `alkit classes set`"
+        )
+    if result.unknown_tasks:
+        note(f"{result.unknown_tasks} annotated tasks were not pushed by alkit (no alkit_id); ignored")
+    if result.rounds_closed:
+        typer.echo(f"rounds fully labelled: {', '.join(map(str, result.rounds_closed))}")
+
+
+def sync(
+    ctx: typer.Context,
+    budget: int = typer.Option(100, "--budget", "-b", help="Images per new selection round."),
+    policy: str = typer.Option("majority", "--policy", help=POLICY_HELP),
+    wait: bool = typer.Option(False, "--wait", help="Wait for a running sync instead of exiting."),
+    token: Optional[str] = typer.Option(None, "--token", help=TOKEN_HELP),
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON object (for logs)."),
+) -> None:
+    """Pull -> refit -> select -> push, once; safe for cron (one at a time, resumes after a kill)."""
+    from alkit.errors import LockedError
+    from alkit.labelstudio.mapping import parse_policy
+    from alkit.workflows.sync import sync as run_sync
+
+    vote_policy = parse_policy(policy)
+    project = ctx.obj.project()
+    try:
+        result = run_sync(project, budget, token=token, policy=vote_policy, wait=wait)
+    except LockedError as error:  # not a failure for cron: the running sync does the work
+        if json_output:
+            emit_json({"action": "locked", "message": str(error)})
+        else:
+            typer.echo(f"locked: {error}")
+        return
+    if json_output:
+        emit_json(result.as_json())
+        return
+    typer.echo(result.message)
+
+
+def register(main_app: typer.Typer) -> None:
+    main_app.add_typer(app, name="ls")
+    main_app.command()(push)
+    main_app.command()(pull)
+    main_app.command()(sync)
