@@ -1,5 +1,6 @@
-"""`alkit sync` end to end against the real Label Studio server, with injected refit/select
-steps (the real ones are wired by the lead), real subprocesses for locks and kills."""
+"""`alkit sync` end to end against the real Label Studio server: injected refit/select steps
+where a test needs exact control of the calls, the real steps in
+`test_sync_with_real_refit_and_select_steps`, real subprocesses for locks and kills."""
 
 from __future__ import annotations
 
@@ -153,3 +154,36 @@ def test_default_steps_fail_with_a_clear_state_error_when_missing(monkeypatch, p
         sync_module.default_refit(project)
     with pytest.raises(StateError, match="select_round is not available"):
         sync_module.default_select(project, 3)
+
+
+def test_sync_with_real_refit_and_select_steps(ls, token_env, cli, make_images, tmp_path):
+    """The default steps: zero-shot Laplace head from text embeddings, BALD selection, refit
+    on the pulled labels; labelled images are never selected again."""
+    import numpy as np
+
+    project = connected_project(cli, ls, make_images, 12)
+    pid = project.settings.ls_project_id
+    from alkit.storage.schema import images
+
+    with project.engine.connect() as connection:
+        paths = list(connection.execute(sa.select(images.c.path).order_by(images.c.id)).scalars())
+    rng = np.random.default_rng(0)
+    text = rng.normal(size=(3, 8))
+    npz = tmp_path / "e.npz"
+    np.savez(npz, paths=np.array(paths), embeddings=rng.normal(size=(12, 8)).astype(np.float32),
+             text_embeddings=text.astype(np.float32))
+    assert cli("embed", "--from", str(npz), "--name", "imported").exit_code == 0
+
+    first = json.loads(cli("sync", "--budget", "4", "--json").output)
+    assert first["action"] == "selected-and-pushed" and first["push"]["imported"] == 4
+    annotate_all(ls, pid, "dog")
+    second = json.loads(cli("sync", "--budget", "4", "--json").output)
+    assert second["action"] == "selected-and-pushed" and "refit" in second["steps"]
+    assert second["refit"]["labels_used"] == 4 and second["refit"]["kind"] == "laplace_head"
+    from alkit.storage.schema import labels, round_items
+
+    with project.engine.connect() as connection:
+        labelled = set(connection.execute(sa.select(labels.c.image_id)).scalars())
+        second_round = set(connection.execute(sa.select(round_items.c.image_id).where(round_items.c.round_id == 2)).scalars())
+    assert len(labelled) == 4 and len(second_round) == 4 and not labelled & second_round
+    assert len(project_tasks(ls.client(), pid)) == 8
