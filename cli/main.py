@@ -81,7 +81,7 @@ def main_options(
 def _register_commands() -> None:
     """Each command module registers its commands; modules import nothing heavy at load."""
     from alkit_cli import (
-        classes_cmd, demo_cmd, embed_cmd, eval_cmd, fit_cmd, labels_cmd, ls_cmd, pool_cmd, select_cmd,
+        classes_cmd, demo_cmd, embed_cmd, eval_cmd, fit_cmd, index_cmd, labels_cmd, ls_cmd, pool_cmd, select_cmd,
     )
 
     pool_cmd.register(app)
@@ -91,6 +91,7 @@ def _register_commands() -> None:
     fit_cmd.register(app)
     select_cmd.register(app)
     eval_cmd.register(app)
+    index_cmd.register(app)
     ls_cmd.register(app)  # ls connect/serve-webhook, push, pull, sync
     demo_cmd.register(app)
 

@@ -1,0 +1,384 @@
+"""Build, extend and search a FAISS inner-product index whose results are global item ids.
+
+Vectors are unit-norm embeddings (N, D) float32, so inner product = cosine. Every index is
+keyed by the caller's int64 ids (`IndexIDMap` for flat/HNSW, native `add_with_ids` for IVF):
+search never returns positions. Kinds:
+
+- `flat`  exact search; memory N*D*4 bytes; query cost grows linearly with N.
+- `ivf`   inverted lists over `nlist` k-means cells trained on a seeded sample, `nprobe` cells
+          scanned per query; with `pq_m` the vectors are product-quantised to `pq_m` bytes.
+          IVF stores x - o, o the mean of the training sample: for a fixed query q,
+          <q, x - o> = <q, x> - <q, o> ranks exactly like <q, x>, and `search` adds <q, o>
+          back. Without this, the shared direction of CLIP-like embeddings gives a few huge
+          cells (9x slower queries at 100k, lower recall: benchmarks/results_index.md).
+- `hnsw`  graph search; no training, more memory, CPU only.
+- `auto`  flat below `AUTO_IVF_THRESHOLD` items, IVF above (measured in
+          benchmarks/results_index.md).
+
+faiss is imported inside functions so that `import alkit.retrieval` stays cheap.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from typing import Any
+
+import numpy as np
+
+from alkit.errors import InputError
+
+log = logging.getLogger(__name__)
+
+AUTO_IVF_THRESHOLD = 100_000
+"""`auto` switches from exact to IVF at this many items. Measured (results_index.md): from 100k
+clustered CLIP-like vectors IVF (4 sqrt(N) cells, nprobe 16) keeps recall@50 >= 0.95 and beats
+exact search on build + 10 rounds of 1k queries; below, its recall drops (0.73 at 30k) while
+exact search costs under 0.4 s per 1k queries."""
+
+TRAIN_POINTS_PER_LIST = 40
+"""IVF k-means trains on at most this many sampled vectors per list (faiss wants >= 39):
+training is most of an IVF build, and more points did not raise recall in the benchmark."""
+
+MIN_POINTS_PER_LIST = 39
+"""`nlist` is capped at N // 39 so k-means never runs with too few points per centroid."""
+
+PQ_TRAIN_POINTS_PER_CODE = 64
+PQ_TRAIN_ITERATIONS = 10
+"""PQ codebooks (256 codes per sub-vector) train on <= 64 * 256 points for 10 k-means rounds:
+FAISS's defaults (256 * 256 points, 25 rounds) made PQ training most of an IVF-PQ build."""
+
+GPU_MAX_K = 2048
+"""FAISS GPU indexes answer at most k = 2048 neighbours; larger k searches on the CPU."""
+
+
+class IndexKind(str, Enum):
+    """The FAISS index family (`--kind`)."""
+
+    AUTO = "auto"
+    """Exact below `IndexSettings.auto_threshold` items, IVF at or above it."""
+    FLAT = "flat"
+    """Exact brute-force inner product: perfect recall, linear query cost."""
+    IVF = "ivf"
+    """Inverted file: k-means cells, `nprobe` scanned per query; PQ-compressed if `pq_m`."""
+    HNSW = "hnsw"
+    """Hierarchical navigable small-world graph; no training; CPU only."""
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    """How to build and search an index. `None` fields are resolved from N by `resolve_settings`."""
+
+    kind: IndexKind | str = IndexKind.AUTO
+    nlist: int | None = None  # IVF cells; None: power of two near 4 sqrt(N)
+    pq_m: int | None = None  # PQ bytes per vector (must divide D); None/0: IVF-flat
+    nprobe: int = 16  # IVF cells scanned per query (search time, not persisted as a build choice)
+    hnsw_m: int = 32  # HNSW graph degree
+    ef_search: int = 128  # HNSW search beam (search time)
+    seed: int = 0  # IVF training sample and k-means seed
+    use_gpu: bool | None = None  # None: use a GPU when faiss-gpu sees one
+    auto_threshold: int = AUTO_IVF_THRESHOLD
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "kind", IndexKind(self.kind))
+        except ValueError:
+            valid = ", ".join(k.value for k in IndexKind)
+            raise InputError(f"unknown index kind {self.kind!r}; valid: {valid}") from None
+        for name in ("nprobe", "hnsw_m", "ef_search", "auto_threshold"):
+            if getattr(self, name) < 1:
+                raise InputError(f"index setting {name}={getattr(self, name)} must be >= 1")
+        if self.nlist is not None and self.nlist < 1:
+            raise InputError(f"index setting nlist={self.nlist} must be >= 1 (or omitted for a default)")
+        if self.pq_m is not None and self.pq_m < 0:
+            raise InputError(f"index setting pq_m={self.pq_m} must be >= 0 (0 = no PQ)")
+
+    def build_fields(self) -> dict[str, Any]:
+        """The fields that shape the built index (a change means rebuild); search fields excluded."""
+        return {
+            "kind": IndexKind(self.kind).value,
+            "nlist": self.nlist,
+            "pq_m": self.pq_m or None,
+            "hnsw_m": self.hnsw_m,
+            "seed": self.seed,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.build_fields(), "nprobe": self.nprobe, "ef_search": self.ef_search,
+                "auto_threshold": self.auto_threshold}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "IndexSettings":
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def choose_kind(num_items: int, settings: IndexSettings) -> IndexKind:
+    """The `auto` rule: exact search below `settings.auto_threshold` items, IVF at or above it.
+
+    An explicit kind is returned unchanged.
+    """
+    kind = IndexKind(settings.kind)
+    if kind is not IndexKind.AUTO:
+        return kind
+    return IndexKind.FLAT if num_items < settings.auto_threshold else IndexKind.IVF
+
+
+def default_nlist(num_items: int) -> int:
+    """A power of two near 4 sqrt(N) (FAISS's guidance is 4-16 sqrt(N)), capped at N // 39.
+
+    IVF scanning is memory-bound, so query time follows the vectors scanned, nprobe * N / nlist;
+    sqrt(N) cells scan 4x more per probe. 4 sqrt(N) keeps training affordable on two cores
+    (128 CPU-s at 1M; see benchmarks/results_index.md).
+    """
+    wanted = 2 ** max(0, round(math.log2(max(1.0, 4 * math.sqrt(num_items)))))
+    return max(1, min(wanted, num_items // MIN_POINTS_PER_LIST))
+
+
+def resolve_settings(num_items: int, dim: int, settings: IndexSettings) -> IndexSettings:
+    """Concrete settings for N items of dimension D: kind chosen, nlist set and capped, PQ checked."""
+    kind = choose_kind(num_items, settings)
+    if kind is not IndexKind.IVF:
+        return replace(settings, kind=kind, nlist=None, pq_m=None)
+    nlist = settings.nlist or default_nlist(num_items)
+    capped = max(1, min(nlist, num_items // MIN_POINTS_PER_LIST))
+    if capped < nlist:
+        log.info("nlist %d capped to %d for %d items (>= %d per cell)", nlist, capped, num_items, MIN_POINTS_PER_LIST)
+    pq_m = settings.pq_m or None
+    if pq_m is not None:
+        if dim % pq_m:
+            raise InputError(f"--pq {pq_m} must divide the embedding dimension {dim}; try {_divisor_near(dim, pq_m)}")
+        if num_items < 256:
+            raise InputError(f"IVF-PQ needs >= 256 items to train its codebooks, the pool has {num_items}; use --kind flat")
+    return replace(settings, kind=kind, nlist=capped, pq_m=pq_m)
+
+
+def _divisor_near(dim: int, wanted: int) -> int:
+    return min((d for d in range(1, dim + 1) if dim % d == 0), key=lambda d: abs(d - wanted))
+
+
+@dataclass
+class FaissIndex:
+    """A CPU FAISS index plus what it holds: ids in insertion order and resolved settings.
+
+    The CPU index is the source of truth (it is what gets written); a GPU copy is made lazily
+    for searching and dropped whenever items are added.
+    """
+
+    index: Any  # faiss.Index over ids (IndexIDMap or IndexIVF)
+    settings: IndexSettings  # resolved: kind is never auto
+    ids: np.ndarray  # int64 (N,), insertion order
+    trained_on: int  # N when built (IVF cells were trained for this size)
+    offset: np.ndarray | None = None  # (D,) float32 subtracted from stored vectors (IVF), else None
+    _gpu_index: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def kind(self) -> IndexKind:
+        return IndexKind(self.settings.kind)
+
+    @property
+    def dim(self) -> int:
+        return int(self.index.d)
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+
+# ---------------------------------------------------------------- validation (public boundary)
+
+
+def _check_vectors(vectors: np.ndarray, what: str, dim: int | None = None) -> np.ndarray:
+    vectors = np.asarray(vectors)
+    if vectors.ndim != 2:
+        raise InputError(f"{what} must be 2-d (N, D), got shape {vectors.shape}")
+    if dim is not None and vectors.shape[1] != dim:
+        raise InputError(f"{what} have dimension {vectors.shape[1]} but the index has {dim}; rebuild the index")
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if len(vectors):
+        norms = np.linalg.norm(vectors, axis=1)
+        bad = np.flatnonzero(np.abs(norms - 1.0) > 1e-3)
+        if len(bad):
+            raise InputError(
+                f"{what}: {len(bad)} of {len(vectors)} rows are not unit-norm (row {bad[0]} has norm "
+                f"{norms[bad[0]]:.4f}); normalise embeddings before indexing"
+            )
+    return vectors
+
+
+def _check_ids(ids: np.ndarray, num_vectors: int) -> np.ndarray:
+    ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+    if len(ids) != num_vectors:
+        raise InputError(f"got {len(ids)} ids for {num_vectors} vectors; pass one id per row")
+    if len(ids) and ids.min() < 0:
+        raise InputError(f"ids must be >= 0 (-1 marks 'no result' in FAISS), got {ids.min()}")
+    if len(np.unique(ids)) != len(ids):
+        raise InputError(f"{len(ids) - len(np.unique(ids))} duplicate ids; each item may be indexed once")
+    return ids
+
+
+# ---------------------------------------------------------------- build / add / search
+
+
+def build_index(ids: np.ndarray, vectors: np.ndarray, settings: IndexSettings | None = None) -> FaissIndex:
+    """Index `vectors` (N, D) unit-norm float32 under global `ids` (N,) int64.
+
+    IVF cells are trained on a sample drawn with `settings.seed`, so a rebuild of the same
+    data gives the same index.
+    """
+    settings = settings or IndexSettings()
+    vectors = _check_vectors(vectors, "vectors")
+    ids = _check_ids(ids, len(vectors))
+    if len(ids) == 0:
+        raise InputError("cannot build an index over 0 items; embed the pool first")
+    resolved = resolve_settings(len(ids), vectors.shape[1], settings)
+    cpu_index = _new_cpu_index(vectors.shape[1], resolved)
+    offset = None
+    if not cpu_index.is_trained:
+        sample = _training_sample(vectors, resolved)
+        offset = sample.mean(axis=0, dtype=np.float64).astype(np.float32)  # (D,)
+        cpu_index.train(sample - offset)
+    built = FaissIndex(index=cpu_index, settings=resolved, ids=ids.copy(), trained_on=len(ids), offset=offset)
+    _add_rows(built, ids, vectors)
+    apply_search_settings(built)
+    return built
+
+
+def _add_rows(index: FaissIndex, ids: np.ndarray, vectors: np.ndarray, chunk: int = 65_536) -> None:
+    """add_with_ids, centred by the index offset, in chunks (no full-size centred copy)."""
+    for start in range(0, len(ids), chunk):
+        rows = vectors[start:start + chunk]
+        if index.offset is not None:
+            rows = rows - index.offset
+        index.index.add_with_ids(rows, ids[start:start + chunk])
+
+
+def _new_cpu_index(dim: int, settings: IndexSettings) -> Any:
+    import faiss
+
+    kind = IndexKind(settings.kind)
+    if kind is IndexKind.FLAT:
+        return faiss.IndexIDMap(faiss.IndexFlatIP(dim))
+    if kind is IndexKind.HNSW:
+        return faiss.IndexIDMap(faiss.IndexHNSWFlat(dim, settings.hnsw_m, faiss.METRIC_INNER_PRODUCT))
+    quantizer = faiss.IndexFlatIP(dim)
+    if settings.pq_m:
+        ivf = faiss.IndexIVFPQ(quantizer, dim, settings.nlist, settings.pq_m, 8, faiss.METRIC_INNER_PRODUCT)
+        ivf.do_polysemous_training = False  # only used for Hamming pre-filtering, which we do not use
+        ivf.pq.cp.min_points_per_centroid = 1  # small pools: train anyway, without FAISS's stderr warning
+        ivf.pq.cp.max_points_per_centroid = PQ_TRAIN_POINTS_PER_CODE  # PQ k-means dominates build time
+        ivf.pq.cp.niter = PQ_TRAIN_ITERATIONS
+    else:
+        ivf = faiss.IndexIVFFlat(quantizer, dim, settings.nlist, faiss.METRIC_INNER_PRODUCT)
+    ivf.cp.seed = settings.seed
+    ivf.cp.max_points_per_centroid = TRAIN_POINTS_PER_LIST  # we sample ourselves; no second subsample
+    return ivf
+
+
+def _training_sample(vectors: np.ndarray, settings: IndexSettings) -> np.ndarray:
+    """A seeded sample of at most TRAIN_POINTS_PER_LIST * nlist rows (>= 256 * 64 rows for PQ)."""
+    size = TRAIN_POINTS_PER_LIST * settings.nlist
+    if settings.pq_m:
+        size = max(size, 256 * PQ_TRAIN_POINTS_PER_CODE)
+    if size >= len(vectors):
+        return vectors
+    rows = np.sort(np.random.default_rng(settings.seed).choice(len(vectors), size=size, replace=False))
+    return vectors[rows]
+
+
+def add_to_index(index: FaissIndex, ids: np.ndarray, vectors: np.ndarray) -> FaissIndex:
+    """Add new items without rebuilding (IVF assigns them to the trained cells). Mutates `index`.
+
+    Ids already in the index raise `InputError`: FAISS would store them twice.
+    """
+    vectors = _check_vectors(vectors, "new vectors", dim=index.dim)
+    ids = _check_ids(ids, len(vectors))
+    if len(ids) == 0:
+        return index
+    already = ids[np.isin(ids, index.ids)]
+    if len(already):
+        raise InputError(f"{len(already)} ids are already indexed (e.g. {already[0]}); add only new items")
+    _add_rows(index, ids, vectors)
+    index.ids = np.concatenate([index.ids, ids])
+    index._gpu_index = None  # stale; recopied on next search
+    return index
+
+
+def search(index: FaissIndex, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k by inner product. Returns scores (Q, k') float32 and ids (Q, k') int64, k' = min(k, N).
+
+    Rows are sorted by decreasing score. IVF and HNSW can find fewer than k' items for a query
+    (too few cells probed); those slots hold id -1 and score -inf.
+    """
+    if k < 1:
+        raise InputError(f"k={k} must be >= 1")
+    queries = _check_vectors(queries, "queries", dim=index.dim)
+    k_eff = min(k, index.ntotal)
+    if k_eff == 0 or len(queries) == 0:
+        return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+    searcher = _searcher(index, k_eff)
+    scores, found = searcher.search(queries, k_eff)
+    scores = np.asarray(scores, dtype=np.float32)
+    found = np.asarray(found, dtype=np.int64)
+    if index.offset is not None:
+        scores += (queries @ index.offset)[:, None]  # undo the centring: <q, x - o> + <q, o>
+    scores[found < 0] = -np.inf
+    return scores, found
+
+
+def apply_search_settings(index: FaissIndex, settings: IndexSettings | None = None) -> None:
+    """Set nprobe / efSearch on the CPU index (and drop the GPU copy); `settings` overrides."""
+    import faiss
+
+    if settings is not None:
+        index.settings = replace(index.settings, nprobe=settings.nprobe, ef_search=settings.ef_search,
+                                 use_gpu=settings.use_gpu)
+    space = faiss.ParameterSpace()
+    if index.kind is IndexKind.IVF:
+        space.set_index_parameter(index.index, "nprobe", min(index.settings.nprobe, index.settings.nlist))
+    elif index.kind is IndexKind.HNSW:
+        space.set_index_parameter(index.index, "efSearch", index.settings.ef_search)
+    index._gpu_index = None
+
+
+# ---------------------------------------------------------------- GPU
+
+
+def gpu_available() -> bool:
+    """True when the installed faiss has GPU support and sees at least one GPU."""
+    import faiss
+
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+_GPU_RESOURCES: Any = None
+
+
+def _searcher(index: FaissIndex, k: int) -> Any:
+    """The index to search: a cached GPU copy when allowed and possible, else the CPU index."""
+    wants_gpu = index.settings.use_gpu
+    if wants_gpu is False or index.kind is IndexKind.HNSW or k > GPU_MAX_K or not gpu_available():
+        return index.index
+    if index._gpu_index is None:
+        index._gpu_index = _to_gpu(index)
+    return index._gpu_index or index.index
+
+
+def _to_gpu(index: FaissIndex) -> Any:
+    import faiss
+
+    global _GPU_RESOURCES
+    try:
+        if _GPU_RESOURCES is None:
+            _GPU_RESOURCES = faiss.StandardGpuResources()
+        options = faiss.GpuClonerOptions()
+        options.useFloat16LookupTables = bool(index.settings.pq_m)  # large PQ needs fp16 tables
+        gpu_index = faiss.index_cpu_to_gpu(_GPU_RESOURCES, 0, index.index, options)
+        if index.kind is IndexKind.IVF:
+            faiss.GpuParameterSpace().set_index_parameter(gpu_index, "nprobe", min(index.settings.nprobe, index.settings.nlist))
+        return gpu_index
+    except RuntimeError as error:  # e.g. a PQ size the GPU kernels do not support
+        log.warning("searching on the CPU: could not copy the %s index to the GPU (%s)", index.kind.value, error)
+        return False  # falsy: remembered, so we do not retry on every search

@@ -1,0 +1,144 @@
+"""`alkit index build`, `alkit similar`, `alkit dedup`: the FAISS index of the current spec.
+
+The index lives in `.alkit/index/<spec key>/` with a manifest; every use goes through
+`ensure_index`, which loads it only when it covers exactly the spec's embedded images and
+otherwise extends or rebuilds it (and says which), so a stale index is never used silently.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import sqlalchemy as sa
+
+from alkit.errors import InputError, StateError
+from alkit.project import Project
+from alkit.storage.schema import embeddings, images
+
+
+@dataclass
+class IndexReport:
+    action: str  # loaded | extended | rebuilt | built
+    reason: str
+    kind: str
+    rows: int
+    directory: str
+    seconds: float
+
+    def as_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def index_directory(project: Project, spec) -> Path:
+    return project.artefacts_dir / "index" / spec.key
+
+
+def _spec_ids(project: Project, spec_id: int) -> np.ndarray:
+    with project.engine.connect() as connection:
+        return np.fromiter(
+            connection.execute(sa.select(embeddings.c.image_id).where(embeddings.c.spec_id == spec_id).order_by(embeddings.c.image_id)).scalars(),
+            dtype=np.int64,
+        )
+
+
+def _stored_or_default_settings(directory: Path):
+    from alkit.retrieval.index import IndexSettings
+    from alkit.retrieval.store import read_manifest
+
+    if (directory / "manifest.json").is_file():
+        try:
+            return IndexSettings.from_dict(read_manifest(directory).requested_settings)
+        except Exception:  # an unreadable manifest is rebuilt by ensure_index
+            return IndexSettings()
+    return IndexSettings()
+
+
+def ensure_project_index(project: Project, spec=None, settings=None):
+    """(EnsuredIndex, spec): the index of `spec` (default: current) covering all its vectors."""
+    from alkit.retrieval.store import ensure_index
+    from alkit.storage.vectors import current_spec, load_vectors
+
+    if spec is None:
+        with project.engine.connect() as connection:
+            spec = current_spec(connection)
+    directory = index_directory(project, spec)
+    ids = _spec_ids(project, spec.id)
+    if len(ids) == 0:
+        raise StateError("no embeddings to index; run `alkit embed` first")
+
+    def load(wanted: np.ndarray) -> np.ndarray:
+        found, vectors = load_vectors(project, spec.id, wanted)
+        order = np.searchsorted(found, np.asarray(wanted, dtype=np.int64))
+        return vectors[order]  # rows in the order asked for
+
+    settings = settings or _stored_or_default_settings(directory)
+    return ensure_index(directory, spec.key, ids, load, settings, expected_dim=spec.dim), spec
+
+
+def build_index(project: Project, kind: str = "auto", nlist: int | None = None, pq_m: int | None = None,
+                nprobe: int = 16) -> IndexReport:
+    from alkit.retrieval.index import IndexSettings
+
+    started = time.perf_counter()
+    settings = IndexSettings(kind=kind, nlist=nlist, pq_m=pq_m, nprobe=nprobe)
+    ensured, spec = ensure_project_index(project, settings=settings)
+    return IndexReport(
+        action=ensured.action, reason=ensured.reason, kind=ensured.index.kind.value, rows=ensured.index.ntotal,
+        directory=str(index_directory(project, spec)), seconds=round(time.perf_counter() - started, 3),
+    )
+
+
+def search_index(project: Project, spec, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores (Q, k), ids (Q, k)) from the spec's index (built or refreshed as needed)."""
+    from alkit.retrieval.index import search
+
+    ensured, _ = ensure_project_index(project, spec)
+    k = min(k, ensured.index.ntotal)
+    return search(ensured.index, np.asarray(queries, dtype=np.float32), k)
+
+
+def similar(project: Project, image: str | None = None, text: str | None = None, image_id: int | None = None,
+            k: int = 20) -> list[dict]:
+    """Nearest pool neighbours of one query (an image file, a text, or a stored image id)."""
+    from alkit.storage.vectors import current_spec, load_vectors
+    from alkit.workflows.retrieve import image_vectors, text_vectors
+
+    if sum(x is not None for x in (image, text, image_id)) != 1:
+        raise InputError("give exactly one of IMAGE, --text or --id")
+    if k < 1:
+        raise InputError(f"-k must be >= 1, got {k}")
+    with project.engine.connect() as connection:
+        spec = current_spec(connection)
+    if image_id is not None:
+        ids, vectors = load_vectors(project, spec.id, [image_id])
+        if len(ids) == 0:
+            raise InputError(f"image id {image_id} has no embedding in spec {spec.name!r}; check `alkit status`")
+        query = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    elif text is not None:
+        query = text_vectors(project, spec, [text])
+    else:
+        query = image_vectors(project, spec, [image])
+    scores, ids = search_index(project, spec, query, k)
+    found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
+    with project.engine.connect() as connection:
+        paths = dict(connection.execute(sa.select(images.c.id, images.c.path).where(images.c.id.in_([i for i, _ in found]))).all())
+    return [{"rank": rank, "id": i, "score": s, "path": paths.get(i)} for rank, (i, s) in enumerate(found, start=1)]
+
+
+def near_duplicates(project: Project, threshold: float = 0.95) -> list[dict]:
+    """Clusters of images whose embeddings have cosine >= threshold (exact search)."""
+    from alkit.retrieval.dedup import near_duplicate_clusters
+    from alkit.storage.vectors import current_spec, load_vectors
+
+    with project.engine.connect() as connection:
+        spec = current_spec(connection)
+    ids, vectors = load_vectors(project, spec.id)
+    vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    clusters = near_duplicate_clusters(vectors, ids, threshold)
+    members = sorted({i for cluster in clusters for i in cluster})
+    with project.engine.connect() as connection:
+        paths = dict(connection.execute(sa.select(images.c.id, images.c.path).where(images.c.id.in_(members))).all()) if members else {}
+    return [{"cluster": n, "ids": cluster, "paths": [paths[i] for i in cluster]} for n, cluster in enumerate(clusters, start=1)]
