@@ -68,3 +68,36 @@ def project(tmp_path):
     directory = tmp_path / "lib_project"
     init_project(directory)
     return open_project(directory)
+
+
+def unit_rows(matrix: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit norm, float32 (what FAISS and the scorers expect)."""
+    return (matrix / np.linalg.norm(matrix, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def one_faiss_thread():
+    """The CI box has 2 shared cores; OpenMP spinning on both slows tiny searches a lot."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def ls():
+    """The session's real Label Studio server (tests/lsserver.py); fails loudly if not installed."""
+    from lsserver import shared_server
+
+    try:
+        return shared_server()
+    except RuntimeError as error:
+        pytest.fail(str(error))
+
+
+@pytest.fixture
+def token_env(ls, monkeypatch):
+    monkeypatch.setenv("ALKIT_LS_TOKEN", ls.token)
+    return ls.token

@@ -19,25 +19,11 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from lsserver import annotate, annotator, connected_project, free_port, project_tasks, select_first_unlabelled, shared_server
+from lsserver import annotate, annotator, connected_project, free_port, project_tasks, select_first_unlabelled
 
 pytestmark = pytest.mark.labelstudio
 REPO = Path(__file__).resolve().parents[1]
 ALKIT = [sys.executable, "-m", "alkit_cli.main"]
-
-
-@pytest.fixture(scope="module")
-def ls():
-    try:
-        return shared_server()
-    except RuntimeError as error:
-        pytest.fail(str(error))
-
-
-@pytest.fixture
-def token_env(ls, monkeypatch):
-    monkeypatch.setenv("ALKIT_LS_TOKEN", ls.token)
-    return ls.token
 
 
 def run_alkit(project_dir, *args, env_extra=None, timeout=120):

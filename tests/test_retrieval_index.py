@@ -7,6 +7,8 @@ import json
 import numpy as np
 import pytest
 
+from conftest import unit_rows
+
 from alkit.errors import InputError, IntegrityError
 from alkit.retrieval.errors import (
     DimMismatchError,
@@ -31,19 +33,7 @@ from alkit.retrieval.manifest import IDS_FILE, INDEX_FILE, MANIFEST_FILE, ids_ch
 from alkit.retrieval.store import ensure_index, load_index, save_index
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_faiss_thread():
-    """The CI box has 2 shared cores; OpenMP spinning on both slows small searches a lot."""
-    import faiss
-
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
-
-
-def unit_rows(matrix: np.ndarray) -> np.ndarray:
-    return (matrix / np.linalg.norm(matrix, axis=1, keepdims=True)).astype(np.float32)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
 def random_unit(n: int, dim: int, seed: int) -> np.ndarray:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from conftest import unit_rows
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -13,19 +15,7 @@ from alkit.retrieval.index import IndexSettings, build_index
 from alkit.retrieval.neighbours import candidates_near, round_robin_union
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_faiss_thread():
-    """The CI box has 2 shared cores; OpenMP spinning on both slows tiny searches a lot."""
-    import faiss
-
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
-
-
-def unit_rows(matrix: np.ndarray) -> np.ndarray:
-    return (matrix / np.linalg.norm(matrix, axis=1, keepdims=True)).astype(np.float32)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
 def reference_round_robin(neighbour_lists: list[list[int]], num_candidates: int, excluded: set[int]) -> list[int]:

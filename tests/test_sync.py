@@ -14,24 +14,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from lsserver import annotate, connected_project, injected_steps, project_tasks, shared_server
+from lsserver import annotate, connected_project, injected_steps, project_tasks
 
 pytestmark = pytest.mark.labelstudio
 DRIVER = [sys.executable, str(Path(__file__).with_name("lsserver.py")), "sync"]
-
-
-@pytest.fixture(scope="module")
-def ls():
-    try:
-        return shared_server()
-    except RuntimeError as error:
-        pytest.fail(str(error))
-
-
-@pytest.fixture
-def token_env(ls, monkeypatch):
-    monkeypatch.setenv("ALKIT_LS_TOKEN", ls.token)
-    return ls.token
 
 
 def child_env(**extra):
