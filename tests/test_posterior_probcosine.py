@@ -65,7 +65,7 @@ def test_delta_moments_match_monte_carlo_with_random_text():
 def test_full_and_diagonal_variants_agree_when_b_is_diagonal(seed):
     rng = np.random.default_rng(seed)
     D = 6
-    proj, phi, feats = rng.normal(size=(D, 3)), rng.normal(size=(4, 3)), None
+    proj, phi = rng.normal(size=(D, 3)), rng.normal(size=(4, 3))
     b_inv = np.diag(rng.uniform(0.1, 2.0, size=D))
     image = embedding_moments(phi, proj, np.eye(3) * 0.3, b_inv)
     text = embedding_moments(rng.normal(size=(5, 2)), rng.normal(size=(D, 2)), np.eye(2) * 0.2, np.diag(rng.uniform(0.1, 1, D)))

@@ -10,7 +10,7 @@ the result says which.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import sqlalchemy as sa
