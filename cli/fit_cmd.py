@@ -13,6 +13,7 @@ def fit(
     ctx: typer.Context,
     posterior: Optional[str] = typer.Option(None, "--posterior", help="bayesvlm | laplace_head [default: by embedding kind]."),
     factors: Optional[str] = typer.Option(None, "--factors", help="Directory with A_img.npy, B_img.npy[, A_txt, B_txt, n, lam]."),
+    pairs: Optional[str] = typer.Option(None, "--pairs", help="CSV image_path,caption: curvature from your own pairs."),
     pseudo_data: float = typer.Option(10.0, "--pseudo-data", help="Pseudo-data count n of the KFAC posterior."),
     candidate_batch_size: Optional[int] = typer.Option(None, "--candidate-batch-size", help="Texts per GGN candidate batch."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed [default: setting `seed`]."),
@@ -25,7 +26,7 @@ def fit(
     result = fit_posterior(
         project,
         FitSettings(
-            posterior=posterior, factors_dir=factors, pseudo_data=pseudo_data,
+            posterior=posterior, factors_dir=factors, pairs_csv=pairs, pseudo_data=pseudo_data,
             candidate_batch_size=candidate_batch_size, seed=project.settings.seed,
         ),
     )

@@ -42,6 +42,7 @@ class FitSettings:
     candidate_batch_size: int | None = None
     curvature_images: int = DEFAULT_CURVATURE_IMAGES
     factors_dir: str | None = None
+    pairs_csv: str | None = None
     seed: int = 0
 
 
@@ -147,6 +148,8 @@ def _bayesvlm_base(project: Project, context: PoolContext, settings: FitSettings
     scale = math.exp(text.logit_scale)
     if settings.factors_dir:
         return _bayesvlm_from_factors(Path(settings.factors_dir), projection, context, scale, settings)
+    if settings.pairs_csv:
+        return _bayesvlm_from_pairs(project, Path(settings.pairs_csv), projection, context, scale, settings)
     with project.engine.connect() as connection:
         pool_ids = list(
             connection.execute(
@@ -184,6 +187,84 @@ def _bayesvlm_from_factors(directory: Path, projection, context: PoolContext, sc
         arrays["A_img"], arrays["B_img"], projection, context.text.text_emb, scale, pseudo, lam,
         classes=context.class_names, embedding_spec_key=context.spec.key,
         curvature_source=f"factors from {directory}",
+    )
+
+
+def read_pairs_csv(path: Path) -> list[tuple[str, str]]:
+    """`image_path,caption` rows of a pairs file (header required)."""
+    import csv
+
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            if reader.fieldnames is None or not {"image_path", "caption"} <= {f.strip() for f in reader.fieldnames}:
+                raise InputError(f"{path}: needs a header with columns image_path,caption; found {reader.fieldnames}")
+            rows = [((row.get("image_path") or "").strip(), (row.get("caption") or "").strip()) for row in reader]
+    except OSError as error:
+        raise InputError(f"cannot read {path}: {error.strerror}; check the path") from None
+    except (csv.Error, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: not a readable UTF-8 CSV ({error})") from None
+    empty = [n for n, (image, caption) in enumerate(rows, start=2) if not image or not caption]
+    if empty:
+        raise InputError(f"{path}:{empty[0]}: empty image_path or caption ({len(empty)} such rows); fix or delete them")
+    if not rows:
+        raise InputError(f"{path} has no pairs; add image_path,caption rows")
+    return rows
+
+
+def _bayesvlm_from_pairs(project: Project, path: Path, projection, context: PoolContext, scale: float, settings: FitSettings):
+    """Both projections' KFAC factors from user image-caption pairs (InfoNCE both ways)."""
+    import os
+
+    from alkit.posterior.bayesvlm import BayesVLMPosterior
+    from alkit.posterior.kfac import kfac_factors
+    from alkit.storage.vectors import load_vectors
+    from alkit.workflows.embed import encoder_for_spec
+
+    rows = read_pairs_csv(path)
+    with project.engine.connect() as connection:
+        known = dict(connection.execute(sa.select(images.c.path, images.c.id)).all())
+    image_ids, missing = [], []
+    for raw, _ in rows:
+        candidates = [os.path.realpath(path.parent / raw), os.path.realpath(raw)]
+        found = next((known[c] for c in candidates if c in known), None)
+        (missing if found is None else image_ids).append(raw if found is None else found)
+    if missing:
+        raise InputError(
+            f"{len(missing)} of {len(rows)} pair images are not in the pool (first: {missing[0]}); "
+            "`alkit add` and `alkit embed` them first"
+        )
+    wanted = np.asarray(image_ids, dtype=np.int64)
+    found_ids, phi = load_vectors(project, context.spec.id, wanted, kind="phi")
+    _, image_emb = load_vectors(project, context.spec.id, wanted)
+    if len(np.setdiff1d(wanted, found_ids)):
+        raise StateError("some pair images have no embeddings yet; run `alkit embed` first")
+    order = np.searchsorted(found_ids, wanted)  # back to pair order (images may repeat)
+    phi, image_emb = phi[order], image_emb[order]
+    encoder = encoder_for_spec(project, context.spec)
+    captions = [caption for _, caption in rows]
+    text_emb, psi = [], []
+    for start in range(0, len(captions), 256):
+        emb, features = encoder.encode_texts(captions[start : start + 256])
+        text_emb.append(emb.numpy())
+        psi.append(None if features is None else features.numpy())
+    caption_emb = np.concatenate(text_emb)
+    caption_emb /= np.linalg.norm(caption_emb, axis=1, keepdims=True)
+    image_emb = image_emb / np.linalg.norm(image_emb, axis=1, keepdims=True)
+    batch = settings.candidate_batch_size
+    image_side = kfac_factors(phi, projection, caption_emb, scale, batch, "infonce")  # softmax over captions
+    text = context.text
+    text_kwargs = {}
+    if psi[0] is not None and text.Q is not None and text.psi is not None:
+        q_projection = np.asarray(text.Q, dtype=np.float64).T  # (d_t, D) -> (D, d_t)
+        text_side = kfac_factors(np.concatenate(psi), q_projection, image_emb, scale, batch, "infonce")  # softmax over images
+        text_kwargs = dict(A_txt=text_side.A, B_txt=text_side.B, text_features=text.psi, text_projection=q_projection)
+    return BayesVLMPosterior.from_factors(
+        image_side.A, image_side.B, projection, text.text_emb, scale, settings.pseudo_data,
+        num_inputs=len(rows), classes=context.class_names, embedding_spec_key=context.spec.key,
+        curvature_source=f"{len(rows)} image-caption pairs from {path.name}"
+        + (" (image and text projections)" if text_kwargs else " (image projection)"),
+        candidate_batch_size=batch, **text_kwargs,
     )
 
 
