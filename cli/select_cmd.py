@@ -13,7 +13,7 @@ def select(
     ctx: typer.Context,
     budget: int = typer.Option(..., "--budget", "-b", help="Images to select (B)."),
     strategy: str = typer.Option("bald", "--strategy", "-s", help="Scorer; see `alkit strategies`."),
-    batch_mode: str = typer.Option("power", "--batch-mode", help="top | power | softmax | softrank."),
+    batch_mode: str = typer.Option("power", "--batch-mode", help="top | power | softmax | softrank | batchbald (greedy joint MI over the top 256)."),
     beta: float = typer.Option(1.0, "--beta", help="Coldness of the stochastic batch modes."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed [default: setting `seed`]."),
     samples: int = typer.Option(64, "--samples", help="Shared posterior samples S."),

@@ -130,3 +130,15 @@ def test_cold_start_without_prompts_or_labels_covers_the_clusters(cli, make_imag
     rows = [json.loads(l) for l in result.stdout.splitlines()]
     clusters = {int(truth[position[row["path"]]]) for row in rows}
     assert len(chosen) == 6 and clusters == set(range(6))
+
+
+def test_batchbald_batch_mode_is_opt_in_and_recorded(cli, imported_pool):
+    cli("fit")
+    result = cli("select", "--budget", "3", "--batch-mode", "batchbald", "--samples", "16", "--json")
+    assert result.exit_code == 0, result.output
+    assert "BatchBALD chose 3" in result.stderr
+    assert len({json.loads(l)["id"] for l in result.stdout.splitlines()}) == 3
+    rounds, _, _ = round_rows(cli.project_dir)
+    assert json.loads(rounds[0].settings)["batch_mode"] == "batchbald"
+    bad = cli("select", "--budget", "3", "--batch-mode", "nope")
+    assert bad.exit_code == 4 and "batchbald" in bad.stderr

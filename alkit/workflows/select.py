@@ -22,6 +22,8 @@ from alkit.storage.schema import ImageStatus, Split, embeddings, images, labels,
 
 OPEN_STATUSES = (ImageStatus.SELECTED.value, ImageStatus.PUSHED.value)
 ORDER_OVERSAMPLE = 4  # candidates drawn per budget slot before near-duplicate suppression
+BATCHBALD = "batchbald"  # opt-in batch mode: greedy joint mutual information (Kirsch et al. 2019)
+BATCHBALD_CANDIDATES = 256  # top items by the strategy's score that BatchBALD chooses among
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,11 @@ def _validate(settings: SelectSettings) -> None:
     from alkit.acquisition import BATCH_MODES, COLD_START, SCORERS
 
     SCORERS.get(settings.strategy)
-    BATCH_MODES.get(settings.batch_mode)
+    if settings.batch_mode != BATCHBALD:
+        try:
+            BATCH_MODES.get(settings.batch_mode)
+        except InputError as error:
+            raise InputError(f"{error}, {BATCHBALD}") from None
     COLD_START.get(settings.cold_start)
     if settings.budget < 1:
         raise InputError(f"--budget must be >= 1, got {settings.budget}")
@@ -149,6 +155,9 @@ def select_round(project: Project, settings: SelectSettings) -> SelectionResult:
     if scores is None:
         chosen_positions, method = _cold_start(project, context.spec.id, candidate_ids, settings)
         chosen_scores = [None] * len(chosen_positions)
+    elif settings.batch_mode == BATCHBALD and posterior is not None:
+        chosen_positions = _batchbald(project, context, posterior, candidate_ids, scores, settings, notes)
+        chosen_scores = [float(scores[p]) for p in chosen_positions]
     else:
         chosen_positions = _batch(project, context.spec.id, candidate_ids, scores, settings, notes)
         chosen_scores = [float(scores[p]) for p in chosen_positions]
@@ -262,6 +271,20 @@ def _batch(project, spec_id: int, candidate_ids: np.ndarray, scores: np.ndarray,
             "raise --dedup-threshold to allow closer items"
         )
     return order[kept]
+
+
+def _batchbald(project, context, posterior, candidate_ids, scores, settings: SelectSettings, notes) -> np.ndarray:
+    """Greedy BatchBALD over the top candidates by the strategy's score (shared samples)."""
+    from alkit.acquisition.batchbald import batchbald
+    from alkit.storage.vectors import load_vectors
+
+    shortlist = np.argsort(-scores, kind="stable")[: max(settings.budget, BATCHBALD_CANDIDATES)]
+    ids, x = load_vectors(project, context.spec.id, candidate_ids[shortlist], kind=_feature_kind(posterior))
+    positions = np.searchsorted(candidate_ids, ids)  # load_vectors returns ascending ids
+    probs = posterior.sample_probs(posterior.sample_weights(settings.samples, settings.seed), x)  # (S, n, K)
+    chosen = batchbald(probs, settings.budget, seed=settings.seed)
+    notes.append(f"BatchBALD chose {settings.budget} of the top {len(ids)} items by {settings.strategy}")
+    return positions[chosen]
 
 
 def _cold_start(project, spec_id: int, candidate_ids: np.ndarray, settings: SelectSettings) -> tuple[np.ndarray, str]:
