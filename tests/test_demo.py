@@ -59,3 +59,28 @@ def test_demo_writes_report_with_embedded_plots(demo_run):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
     html = Path(payload["files"]["report"]).read_text()
     assert html.count("data:image/png;base64,") == 3
+
+
+def test_report_renders_in_headless_chromium(demo_run, tmp_path):
+    """Debian's chromium (installed by .ci/run) loads the self-contained report: the DOM it
+    builds holds the three embedded plots, and its screenshot is not blank."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    _, payload, _ = demo_run
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert browser, "chromium not found: apt-get install chromium (.ci/run does)"
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    url = Path(payload["files"]["report"]).as_uri()
+    dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+    assert dom.count('src="data:image/png;base64,') == 3 and "alkit demo" in dom
+    shot = tmp_path / "report.png"
+    subprocess.run([*flags, "--window-size=900,1400", f"--screenshot={shot}", url], capture_output=True, timeout=120)
+    pixels = np.asarray(Image.open(shot).convert("L"))
+    assert pixels.std() > 10  # text, tables and plots, not an empty page
