@@ -84,3 +84,30 @@ def test_report_renders_in_headless_chromium(demo_run, tmp_path):
     subprocess.run([*flags, "--window-size=900,1400", f"--screenshot={shot}", url], capture_output=True, timeout=120)
     pixels = np.asarray(Image.open(shot).convert("L"))
     assert pixels.std() > 10  # text, tables and plots, not an empty page
+
+
+def test_demo_through_a_real_label_studio_server(ls, token_env, tmp_path):
+    """`alkit demo --label-studio URL`: rounds are pushed as tasks, answered through the API
+    and pulled back as Label Studio labels."""
+    from typer.testing import CliRunner
+
+    from alkit_cli.main import app
+
+    directory = tmp_path / "demo-ls"
+    result = CliRunner().invoke(
+        app, ["demo", "--dir", str(directory), "--rounds", "1", "--budget", "5", "--pool-size", "60",
+              "--label-studio", ls.url, "--json"],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert [p["labels"] for p in payload["curves"]["bald"]] == [0, 5]
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(f"sqlite:///{directory / 'project-bald' / 'alkit.db'}")
+    with engine.connect() as connection:
+        sources = connection.execute(sa.text("SELECT source, count(*) FROM labels WHERE annotator != 'test-key' GROUP BY source")).all()
+        tasks = connection.execute(sa.text("SELECT count(*) FROM ls_tasks")).scalar()
+    engine.dispose()
+    assert [tuple(row) for row in sources] == [("labelstudio", 5)] and tasks == 5
+    assert token_env not in result.output

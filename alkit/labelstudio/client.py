@@ -231,6 +231,16 @@ class LabelStudioClient:
             )
         return ids
 
+    def create_annotation(self, task_id: int, result: list[dict], lead_time: float = 1.0) -> int:
+        """One annotation on a task, as an annotator would submit it (used by the demo's
+        simulated annotator); returns the annotation id."""
+        annotation = self._call(
+            f"annotate task {task_id}",
+            lambda: self._sdk.annotations.create(id=task_id, result=result, was_cancelled=False, lead_time=lead_time),
+            idempotent=False,
+        )
+        return int(annotation.id)
+
     def task_count(self, project_id: int) -> int:
         page = self._call(
             f"count tasks of project {project_id}",

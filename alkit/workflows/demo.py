@@ -148,7 +148,42 @@ def annotate_round(project: Project, round_id: int, answers: dict[str, str]) -> 
     return len(rows)
 
 
-def run_loop(project: Project, strategy: str, settings: DemoSettings, answers: dict[str, str], log: Log) -> list[CurvePoint]:
+class LabelStudioAnnotator:
+    """The same simulated annotator, but through a real Label Studio server: push the round as
+    tasks, answer each task through the API from the answer key, pull the annotations back."""
+
+    def __init__(self, project: Project, url: str, title: str, log: Log):
+        from alkit.labelstudio.client import LabelStudioClient
+        from alkit.settings import label_studio_token
+        from alkit.workflows.labelstudio import connect
+
+        token = label_studio_token()
+        if not token:
+            raise InputError("--label-studio needs the server's token in ALKIT_LS_TOKEN")
+        self.client = LabelStudioClient(url, token)
+        # Tasks reference the files by URL; the simulated annotator does not need to see them.
+        result = connect(project, self.client, create_title=title, image_url_prefix="file:///")
+        self.project = open_project(project.directory)
+        log(f"  Label Studio project {result.project_id} at {url}")
+
+    def __call__(self, project: Project, round_id: int, answers: dict[str, str]) -> int:
+        from alkit.labelstudio.mapping import choice_result
+        from alkit.storage.schema import ls_tasks
+        from alkit.workflows.labelstudio import pull_annotations, push_round
+
+        push_round(self.project, self.client, round_id)
+        with self.project.engine.connect() as connection:
+            tasks = connection.execute(
+                sa.select(ls_tasks.c.task_id, images.c.path).join(images, images.c.id == ls_tasks.c.image_id)
+                .where(ls_tasks.c.round_id == round_id)
+            ).all()
+        for task in tasks:
+            self.client.create_annotation(int(task.task_id), choice_result(answers[task.path]))
+        return pull_annotations(self.project, self.client).labels_added
+
+
+def run_loop(project: Project, strategy: str, settings: DemoSettings, answers: dict[str, str], log: Log,
+             annotate: Callable[[Project, int, dict[str, str]], int] = annotate_round) -> list[CurvePoint]:
     """Zero-shot eval, then `rounds` x (select -> annotate -> fit -> eval)."""
     from alkit.workflows.evaluate import evaluate
     from alkit.workflows.fit import FitSettings, fit_posterior
@@ -164,7 +199,7 @@ def run_loop(project: Project, strategy: str, settings: DemoSettings, answers: d
                 SelectSettings(budget=settings.budget, strategy=strategy, batch_mode=settings.batch_mode,
                                seed=settings.seed + round_number),
             )
-            labelled += annotate_round(project, selection.round_id, answers)
+            labelled += annotate(project, selection.round_id, answers)
             fit_posterior(project, FitSettings(seed=settings.seed))
         metrics = evaluate(project, "test").metrics
         points.append(CurvePoint(round_number, labelled, metrics["accuracy"], metrics["ece"], metrics["nll"]))
@@ -177,8 +212,6 @@ def run_demo(settings: DemoSettings, log: Log = print) -> DemoResult:
     """Everything `alkit demo` does; returns the learning curves and the report files."""
     if settings.rounds < 1 or settings.budget < 1:
         raise InputError(f"--rounds and --budget must be >= 1 (got {settings.rounds}, {settings.budget})")
-    if settings.label_studio_url:
-        raise InputError("--label-studio is not available in this version of the demo; run without it")
     started = time.perf_counter()
     template, checkpoint, answers = prepare_project(settings, log)
     result = DemoResult(str(settings.directory.resolve()), str(checkpoint))
@@ -188,7 +221,12 @@ def run_demo(settings: DemoSettings, log: Log = print) -> DemoResult:
         shutil.rmtree(directory, ignore_errors=True)
         shutil.copytree(template, directory)
         log(f"loop: {strategy}, {settings.rounds} rounds of {settings.budget} (project {directory})")
-        result.curves[strategy] = run_loop(open_project(directory), strategy, settings, answers, log)
+        project = open_project(directory)
+        annotate = annotate_round
+        if settings.label_studio_url:
+            title = f"alkit demo {strategy} {utcnow():%Y-%m-%d %H:%M:%S}"
+            annotate = LabelStudioAnnotator(project, settings.label_studio_url, title, log)
+        result.curves[strategy] = run_loop(project, strategy, settings, answers, log, annotate)
     result.files = write_demo_report(settings, result, open_project(settings.directory.resolve() / f"project-{settings.strategy}"))
     result.seconds = time.perf_counter() - started
     return result
