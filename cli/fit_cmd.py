@@ -11,12 +11,14 @@ from alkit_cli.render import echo_table, emit_json, emit_json_lines
 
 def fit(
     ctx: typer.Context,
-    posterior: Optional[str] = typer.Option(None, "--posterior", help="bayesvlm | laplace_head [default: by embedding kind]."),
+    posterior: Optional[str] = typer.Option(None, "--posterior", help="bayesvlm | laplace_head | probvlm [default: by embedding kind]."),
     factors: Optional[str] = typer.Option(None, "--factors", help="Directory with A_img.npy, B_img.npy[, A_txt, B_txt, n, lam]."),
     pairs: Optional[str] = typer.Option(None, "--pairs", help="CSV image_path,caption: curvature from your own pairs."),
     pseudo_data: float = typer.Option(10.0, "--pseudo-data", help="Pseudo-data count n of the KFAC posterior."),
     candidate_batch_size: Optional[int] = typer.Option(None, "--candidate-batch-size", help="Texts per GGN candidate batch."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed [default: setting `seed`]."),
+    epochs: int = typer.Option(30, "--epochs", help="probvlm: training epochs (early stopping may end sooner)."),
+    learning_rate: float = typer.Option(3e-3, "--learning-rate", help="probvlm: Adam step size."),
     json_output: bool = typer.Option(False, "--json"),
 ) -> None:
     """Fit a new posterior version on the current labels (zero-shot with none)."""
@@ -27,15 +29,17 @@ def fit(
         project,
         FitSettings(
             posterior=posterior, factors_dir=factors, pairs_csv=pairs, pseudo_data=pseudo_data,
-            candidate_batch_size=candidate_batch_size, seed=project.settings.seed,
+            candidate_batch_size=candidate_batch_size, seed=project.settings.seed, epochs=epochs,
+            learning_rate=learning_rate,
         ),
     )
     if json_output:
         emit_json(result.as_json())
         return
+    precision = "" if result.prior_precision is None else f"; prior precision {result.prior_precision:.4g}"
     typer.echo(
         f"posterior v{result.version} ({result.kind}): {result.labels_used} labels, curvature from "
-        f"{result.curvature_source}; prior precision {result.prior_precision:.4g}; {result.seconds:.1f} s"
+        f"{result.curvature_source}{precision}; {result.seconds:.1f} s"
     )
 
 

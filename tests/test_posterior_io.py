@@ -66,7 +66,7 @@ def test_load_refuses_another_spec_or_class_list(tmp_path):
 
 
 def test_registry_names_and_unknown_name():
-    assert POSTERIORS.names() == ["bayesvlm", "laplace_head"]
+    assert POSTERIORS.names() == ["bayesvlm", "laplace_head", "probvlm"]
     assert get_posterior_class("laplace_head") is LaplaceHeadPosterior
-    with pytest.raises(UnknownNameError, match="bayesvlm, laplace_head"):
-        get_posterior_class("probvlm")
+    with pytest.raises(UnknownNameError, match="bayesvlm, laplace_head, probvlm"):
+        get_posterior_class("nope")

@@ -28,9 +28,11 @@ POSTERIORS: Registry[type] = Registry("posterior")
 def _register_builtin() -> None:
     from alkit.posterior.bayesvlm import BayesVLMPosterior
     from alkit.posterior.laplace_head import LaplaceHeadPosterior
+    from alkit.posterior.probvlm import ProbVLMPosterior
 
     POSTERIORS.register("bayesvlm", BayesVLMPosterior, "Kronecker Laplace over the CLIP image projection (needs phi)")
     POSTERIORS.register("laplace_head", LaplaceHeadPosterior, "Laplace linear head on imported embeddings")
+    POSTERIORS.register("probvlm", ProbVLMPosterior, "ProbVLM generalised-Gaussian adapters on frozen embeddings")
 
 
 _register_builtin()
@@ -80,7 +82,10 @@ def read_header(directory: Path) -> dict[str, Any]:
     path = Path(directory) / HEADER_FILE
     if not path.is_file():
         raise IntegrityError(f"no posterior header at {path}; run `alkit fit` to create a posterior")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise IntegrityError(f"posterior header {path} is not valid JSON ({error}); run `alkit fit` again") from None
 
 
 def load_posterior(
@@ -108,7 +113,14 @@ def load_posterior(
             f"{len(expected_classes)} classes {list(expected_classes)[:5]}...; run `alkit fit` again"
         )
     cls = get_posterior_class(header["kind"])
-    arrays = load_file(str(directory / ARRAYS_FILE))
+    try:  # safetensors never unpickles; anything else in the file (a pickle, garbage) is refused
+        arrays = load_file(str(directory / ARRAYS_FILE))
+    except Exception as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise IntegrityError(
+            f"cannot read posterior arrays {directory / ARRAYS_FILE} ({reason}); it is not a safetensors file: "
+            "run `alkit fit` again"
+        ) from None
     info = header["provenance"]
     provenance = PosteriorProvenance(
         kind=info["kind"],
