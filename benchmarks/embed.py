@@ -81,7 +81,7 @@ def bare_forward(model, preprocess, paths: list[str], batch_size: int) -> float:
     return len(paths) / seconds
 
 
-def pipeline(model_name: str, paths: list[str], batch_size: int, workers: int, root: Path) -> tuple[float, float]:
+def pipeline(model_name: str, paths: list[str], batch_size: int, workers: int, root: Path, engine: str = "local") -> tuple[float, float]:
     """(images/s of the embed loop, wall seconds including model load)."""
     from alkit.project import init_project, open_project
     from alkit.workflows.embed import embed_images
@@ -94,7 +94,7 @@ def pipeline(model_name: str, paths: list[str], batch_size: int, workers: int, r
     add_images(open_project(root), paths, show_progress=False)
     project = open_project(root, {"model": model_name, "batch_size": batch_size, "workers": workers, "device": "cpu"})
     started = time.perf_counter()
-    result = embed_images(project, show_progress=False)
+    result = embed_images(project, show_progress=False, engine=engine)
     wall = time.perf_counter() - started
     assert result.embedded == len(paths), result.as_json()
     return result.images_per_second, wall
@@ -111,6 +111,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--rounds", type=int, default=1, help="alternate bare/pipeline; best of each is kept")
     parser.add_argument("--tiny", action="store_true", help="use alkit's tiny test config (smoke run)")
+    parser.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="ray: also time `embed --engine ray` (--workers actors on a local Ray) next to local")
     args = parser.parse_args()
 
     import torch
@@ -138,6 +140,16 @@ def main() -> None:
                   f"alkit embed pipeline {piped:.2f} img/s (wall {wall:.1f} s incl. model load)")
         print(f"best: bare {max(bares):.2f} img/s, pipeline {max(pipes):.2f} img/s; "
               f"ratio pipeline / bare: {max(pipes) / max(bares):.3f}  (target >= 0.9)")
+        if args.engine == "ray":
+            import ray
+
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+            if args.tiny:  # actors get the tiny config from the driver; warm the cluster once
+                pipeline(args.model, paths[: args.batch_size], args.batch_size, args.workers, root / "warm", "ray")
+            piped, wall = pipeline(args.model, paths, args.batch_size, args.workers, root / "ray", "ray")
+            print(f"ray engine ({args.workers} actors, one model each, decode in the actor): {piped:.2f} img/s "
+                  f"(wall {wall:.1f} s incl. driver model load and actor start)")
+            ray.shutdown()
 
 
 if __name__ == "__main__":

@@ -29,6 +29,9 @@ def embed(
         None, "--from", help="Import embeddings from an .npz with `paths`, `embeddings` (N x D) [, `text_embeddings`]."
     ),
     name: Optional[str] = typer.Option(None, "--name", help="Name of the imported embedding space (with --from)."),
+    engine: str = typer.Option("local", "--engine", help="local (this process) or ray (Ray Data actor pool; --workers actors)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (--engine ray; default: RAY_ADDRESS or a local Ray)."),
+    num_gpus_per_worker: float = typer.Option(0.0, "--num-gpus-per-worker", help="GPUs per Ray actor (--engine ray); > 0 embeds on cuda."),
     shard_rows: int = typer.Option(1024, "--shard-rows", hidden=True, help="Rows per shard file / transaction."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar [default: when stderr is a terminal]."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -39,13 +42,20 @@ def embed(
         return
     if name is not None:
         raise typer.BadParameter("--name only applies with --from FILE.npz")
+    if engine not in ("local", "ray"):
+        raise typer.BadParameter(f"--engine must be local or ray, got {engine!r}")
+    if engine == "local" and (address is not None or num_gpus_per_worker):
+        raise typer.BadParameter("--address and --num-gpus-per-worker apply only with --engine ray")
+    if num_gpus_per_worker < 0:
+        raise typer.BadParameter("--num-gpus-per-worker must be >= 0")
     from alkit.workflows.embed import embed_images
 
     flags = dict(model=model, pretrained=pretrained, batch_size=batch_size, workers=workers, device=device, precision=precision)
     project = ctx.obj.project(**{k: v for k, v in flags.items() if v is not None})
     if not project.settings.pretrained:
         note(RANDOM_WARNING)
-    result = embed_images(project, show_progress=progress, shard_rows=shard_rows)
+    result = embed_images(project, show_progress=progress, shard_rows=shard_rows, engine=engine, ray_address=address,
+                          num_gpus_per_worker=num_gpus_per_worker)
     if json_output:
         emit_json(result.as_json())
     else:

@@ -30,7 +30,29 @@ def open_rgb_image(path: str, min_size: int, max_pixels: int | None = None):
     if image.format == "JPEG" and min(image.size) > 2 * min_size:
         image.draft("RGB", (min_size, min_size))
     image.load()
+    image = _upright(image)
+    if image.mode.startswith("I;16") or image.mode == "I":
+        image = _to_8bit(image)
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _upright(image):
+    """Apply the EXIF orientation, as viewers (and annotators in Label Studio) see the photo."""
+    from PIL import ImageOps
+
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # a broken EXIF block never rejects an otherwise readable image
+        return image
+
+
+def _to_8bit(image):
+    """16-bit grayscale -> 8-bit L; PIL's own convert clips everything above 255 to white."""
+    import numpy as np
+    from PIL import Image
+
+    array = np.asarray(image, dtype=np.float64)
+    return Image.fromarray(np.clip(np.rint(array / 257.0), 0, 255).astype(np.uint8), "L")
 
 
 @dataclass

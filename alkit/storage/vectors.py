@@ -12,13 +12,24 @@ Crash safety: a shard is written to a temporary name, fsynced and renamed, and o
 its `embeddings` rows (spec_id, image_id, shard, row) inserted in one transaction. A shard
 file without rows (killed between the two steps) is deleted by `collect_garbage` at the next
 run; a row never points at a missing or half-written file.
+
+Concurrent writers: on SQLite one process writes a spec at a time (`spec_lock`, a flock on
+the folder). On PostgreSQL several processes (on one or more hosts sharing the project
+folder) may embed the same spec at once: each claims pending images with
+`SELECT ... FOR NO KEY UPDATE SKIP LOCKED` (see `alkit.workflows.embed`) and holds the claim
+until the transaction that records their rows commits; shard numbering, shard writing and
+`collect_garbage` are serialised by a transaction-scoped advisory lock per spec
+(`lock_spec_writes`), so a fresh shard is never collected and two writers never pick the
+same number.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
+import time
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
 
@@ -98,10 +109,17 @@ def _fsync_directory(directory: Path) -> None:
 def atomic_write(path: Path, write) -> None:
     """`write(handle)` into a temporary file, fsync, rename over `path`, fsync the folder."""
     temporary = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    with open(temporary, "wb") as handle:
-        write(handle)
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        with open(temporary, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as error:
+        with contextlib.suppress(OSError):  # free the space the partial file holds
+            os.unlink(temporary)
+        if error.errno is None:  # numpy's tofile reports a short write without errno: a full disk
+            raise OSError(errno.ENOSPC, f"No space left on device (short write: {error})", str(path)) from error
+        raise
     os.replace(temporary, path)
     _fsync_directory(path.parent)
 
@@ -129,16 +147,49 @@ def next_shard(connection: Connection, spec_id: int, directory: Path) -> int:
     return max([int(in_db or 0), *on_disk]) + 1
 
 
+ADVISORY_NAMESPACE = 0x616C6B  # "alk": first key of alkit's PostgreSQL advisory locks
+STALE_TEMPORARY_SECONDS = 3600.0
+
+
+def concurrent_writers(connection_or_engine) -> bool:
+    """True where several processes may write one spec at once (PostgreSQL)."""
+    return connection_or_engine.dialect.name == "postgresql"
+
+
+def lock_spec_writes(connection: Connection, spec_id: int) -> None:
+    """On PostgreSQL, wait for the spec's write lock until this transaction ends; shard
+    numbering, shard files and their rows happen under it. A no-op elsewhere (the
+    single writer holds `spec_lock`)."""
+    if concurrent_writers(connection):
+        connection.execute(sa.text("SELECT pg_advisory_xact_lock(:namespace, :spec)"), {"namespace": ADVISORY_NAMESPACE, "spec": int(spec_id)})
+
+
+def _is_stale_temporary(directory: Path, name: str, concurrent: bool) -> bool:
+    """Shard temporaries are written under the write lock, so any one seen while holding it
+    is dead. Other temporaries (projections, text features) are written without it: with
+    concurrent writers they are removed only once old."""
+    if not name.startswith(".tmp-"):
+        return False
+    if not concurrent or SHARD_FILE.match(name.split("-", 2)[-1]):
+        return True
+    with contextlib.suppress(FileNotFoundError):
+        return time.time() - os.stat(directory / name).st_mtime > STALE_TEMPORARY_SECONDS
+    return False
+
+
 def collect_garbage(connection: Connection, spec_id: int, directory: Path) -> int:
     """Delete shard files no row points at, and temporary files; returns files deleted.
 
-    Call only while holding `spec_lock`: another writer's fresh shard has no rows yet.
+    Call only while holding `spec_lock` (SQLite): another writer's fresh shard has no rows
+    yet. On PostgreSQL it takes the spec's write lock itself (until the transaction ends).
     """
+    lock_spec_writes(connection, spec_id)
+    concurrent = concurrent_writers(connection)
     used = set(connection.execute(sa.select(embeddings.c.shard).where(embeddings.c.spec_id == spec_id).distinct()).scalars())
     deleted = 0
     for name in os.listdir(directory):
         match = SHARD_FILE.match(name)
-        if name.startswith(".tmp-") or (match and int(match.group(1)) not in used):
+        if _is_stale_temporary(directory, name, concurrent) or (match and int(match.group(1)) not in used):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(directory / name)
                 deleted += 1

@@ -6,7 +6,9 @@ Also the library API later stages use: `current_spec`, `load_vectors`, `iter_vec
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,11 +37,13 @@ from alkit.storage.vectors import (  # noqa: F401  (re-exported library API)
     PROJECTIONS_FILE,
     TextFeatures,
     collect_garbage,
+    concurrent_writers,
     current_spec,
     ensure_spec,
     iter_vector_chunks,
     load_tensors,
     load_vectors,
+    lock_spec_writes,
     next_shard,
     record_shard,
     save_tensors,
@@ -277,7 +281,12 @@ def _normalise(array: np.ndarray) -> np.ndarray:
 
 
 class _ShardWriter:
-    """Buffers rows; `flush` writes one shard durably, then its DB rows in one transaction."""
+    """Buffers rows; `flush` writes one shard durably, then its DB rows in one transaction.
+
+    With a `_Claim` (PostgreSQL), the rows go into the claim's transaction, which holds the
+    row locks on its images and, from the shard number on, the spec's write lock; its
+    commit makes the images done and releases both at once.
+    """
 
     def __init__(self, project: Project, spec_id: int, directory: Path, result: EmbedResult):
         self.project, self.spec_id, self.directory, self.result = project, spec_id, directory, result
@@ -292,33 +301,239 @@ class _ShardWriter:
             self.arrays.setdefault(kind, []).append(array.astype(np.float16))
         self.rows += len(ids)
 
-    def flush(self) -> None:
+    def _record(self, connection, ids: np.ndarray, shard: int | None, now) -> None:
+        if len(ids):
+            record_shard(connection, self.spec_id, shard, ids.tolist())
+            connection.execute(
+                images.update()
+                .where(images.c.id.in_(ids.tolist()), images.c.status == ImageStatus.REGISTERED.value)
+                .values(status=ImageStatus.EMBEDDED.value, updated_at=now)
+            )
+        for image_id, reason in self.rejected:
+            connection.execute(
+                images.update()
+                .where(images.c.id == image_id)
+                .values(status=ImageStatus.REJECTED.value, error_reason=reason, updated_at=now)
+            )
+
+    def flush(self, claim: "_Claim | None" = None) -> None:
         if not self.rows and not self.rejected:
+            if claim is not None:
+                claim.commit()
             return
         now = utcnow()
         ids = np.concatenate(self.ids) if self.ids else np.zeros(0, dtype=np.int64)
-        if len(ids):
-            with self.project.engine.connect() as connection:
-                shard = next_shard(connection, self.spec_id, self.directory)
-            write_shard(self.directory, shard, {kind: np.concatenate(parts) for kind, parts in self.arrays.items()})
-        with self.project.engine.begin() as connection:
+        arrays = {kind: np.concatenate(parts) for kind, parts in self.arrays.items()}
+        shard = None
+        if claim is not None:
+            connection = claim.connection
             if len(ids):
-                record_shard(connection, self.spec_id, shard, ids.tolist())
-                connection.execute(
-                    images.update()
-                    .where(images.c.id.in_(ids.tolist()), images.c.status == ImageStatus.REGISTERED.value)
-                    .values(status=ImageStatus.EMBEDDED.value, updated_at=now)
-                )
-            for image_id, reason in self.rejected:
-                connection.execute(
-                    images.update()
-                    .where(images.c.id == image_id)
-                    .values(status=ImageStatus.REJECTED.value, error_reason=reason, updated_at=now)
-                )
+                lock_spec_writes(connection, self.spec_id)  # held until the commit below
+                shard = next_shard(connection, self.spec_id, self.directory)
+                write_shard(self.directory, shard, arrays)
+            self._record(connection, ids, shard, now)
+            claim.commit()
+        else:
+            if len(ids):
+                with self.project.engine.connect() as connection:
+                    shard = next_shard(connection, self.spec_id, self.directory)
+                write_shard(self.directory, shard, arrays)
+            with self.project.engine.begin() as connection:
+                self._record(connection, ids, shard, now)
         if len(ids):
             self.result.shards_written += 1
             self.result.embedded += len(ids)
+        self.result.rejected.extend({"image_id": image_id, "reason": reason} for image_id, reason in self.rejected)
         self.ids, self.arrays, self.rejected, self.rows = [], {}, [], 0
+
+
+# --- where the work comes from and goes to -------------------------------------------------
+
+
+class _SerialQueue:
+    """The single writer of a spec (SQLite, under `spec_lock`): pending images streamed by
+    id, one shard per `shard_rows` images or `flush_seconds`."""
+
+    def __init__(self, project: Project, spec_id: int, directory: Path, result: EmbedResult, shard_rows: int, flush_seconds: float):
+        self.project, self.spec_id = project, spec_id
+        self.writer = _ShardWriter(project, spec_id, directory, result)
+        self.shard_rows, self.flush_seconds = shard_rows, flush_seconds
+        self.last_flush = time.perf_counter()
+
+    def items(self):
+        return iter_pending(self.project, self.spec_id)
+
+    def add(self, ids: np.ndarray, arrays: dict[str, np.ndarray], failed: list[tuple[int, str]]) -> None:
+        self.writer.rejected.extend(failed)
+        if len(ids):
+            self.writer.add(ids, arrays)
+        if self.writer.rows >= self.shard_rows or time.perf_counter() - self.last_flush > self.flush_seconds:
+            self.writer.flush()
+            self.last_flush = time.perf_counter()
+
+    def finish(self) -> None:
+        self.writer.flush()
+
+    def close(self) -> None:
+        pass
+
+
+class _Claim:
+    """Images claimed by this process: an open transaction holding their row locks."""
+
+    def __init__(self, connection, transaction, ids: list[int], writer: _ShardWriter):
+        self.connection, self.transaction, self.ids, self.writer = connection, transaction, ids, writer
+        self.remaining = len(ids)
+
+    def commit(self) -> None:
+        try:
+            self.transaction.commit()
+        finally:
+            self.connection.close()
+
+    def abandon(self) -> None:
+        with contextlib.suppress(Exception):
+            self.transaction.rollback()
+        with contextlib.suppress(Exception):
+            self.connection.close()
+
+
+class _ClaimQueue:
+    """Several writers of one spec at once (PostgreSQL): each claim is a transaction that
+    locks a run of pending images (`FOR NO KEY UPDATE SKIP LOCKED`, so other workers skip
+    them and label/status writers are only delayed, never lost) until the shard holding
+    their vectors is written and their rows are committed in that same transaction. A killed
+    worker's connection drops, PostgreSQL rolls its claims back, and the images are pending
+    again. Claim sizes follow the throughput so that a claim takes about `flush_seconds / 2`
+    (between `batch_size` and `shard_rows` images), unless `claim_rows` fixes them."""
+
+    def __init__(self, project: Project, spec_id: int, directory: Path, result: EmbedResult, shard_rows: int,
+                 flush_seconds: float, batch_size: int, claim_rows: int | None = None):
+        self.project, self.spec_id, self.directory, self.result = project, spec_id, directory, result
+        self.shard_rows, self.flush_seconds, self.batch_size, self.claim_rows = shard_rows, flush_seconds, batch_size, claim_rows
+        self.open: deque[_Claim] = deque()
+        self.owner: dict[int, _Claim] = {}
+        self.started = time.perf_counter()
+        self.claimed = 0
+
+    def _next_size(self) -> int:
+        if self.claim_rows is not None:
+            return max(1, self.claim_rows)
+        elapsed = time.perf_counter() - self.started
+        if self.result.embedded == 0 or elapsed <= 0:
+            return max(1, min(self.shard_rows, 4 * self.batch_size))
+        wanted = int(self.result.embedded / elapsed * self.flush_seconds / 2)
+        return max(1, min(self.shard_rows, max(self.batch_size, wanted)))
+
+    def claim(self, size: int) -> tuple[_Claim, list[tuple[int, str]]] | None:
+        """Lock up to `size` pending images; None when none is left unclaimed."""
+        while True:
+            connection = self.project.engine.connect()
+            transaction = connection.begin()
+            try:
+                rows = connection.execute(
+                    sa.select(images.c.id, images.c.path)
+                    .where(_pending_filter(self.spec_id))
+                    .order_by(images.c.id)
+                    .limit(size)
+                    .with_for_update(skip_locked=True, key_share=True, of=images)
+                ).all()
+                if not rows:
+                    transaction.commit()
+                    connection.close()
+                    return None
+                # The locking statement judged "no vectors yet" on its snapshot; a worker that
+                # committed in between is only visible to a new statement (READ COMMITTED).
+                ids = [int(r[0]) for r in rows]
+                done = set(connection.execute(
+                    sa.select(embeddings.c.image_id).where(embeddings.c.spec_id == self.spec_id, embeddings.c.image_id.in_(ids))
+                ).scalars())
+            except BaseException:
+                _Claim(connection, transaction, [], None).abandon()
+                raise
+            items = [(int(i), p) for i, p in rows if int(i) not in done]
+            if not items:
+                transaction.commit()
+                connection.close()
+                continue
+            claim = _Claim(connection, transaction, [i for i, _ in items], _ShardWriter(self.project, self.spec_id, self.directory, self.result))
+            return claim, items
+
+    def claim_window(self, max_claims: int) -> list[tuple[int, str]]:
+        """Up to `max_claims` claims' items at once (for engines that take a list)."""
+        items: list[tuple[int, str]] = []
+        for _ in range(max_claims):
+            claimed = self.claim(self._next_size())
+            if claimed is None:
+                break
+            self._adopt(*claimed)
+            items += claimed[1]
+        return items
+
+    def _adopt(self, claim: _Claim, items) -> None:
+        self.open.append(claim)
+        for image_id in claim.ids:
+            self.owner[image_id] = claim
+        self.claimed += len(items)
+
+    def items(self):
+        while True:
+            claimed = self.claim(self._next_size())
+            if claimed is None:
+                return
+            self._adopt(*claimed)
+            yield from claimed[1]
+
+    def add(self, ids: np.ndarray, arrays: dict[str, np.ndarray], failed: list[tuple[int, str]]) -> None:
+        start = 0
+        owners = [self.owner.pop(int(i)) for i in ids]
+        for stop in range(1, len(owners) + 1):  # runs of consecutive rows of one claim
+            if stop == len(owners) or owners[stop] is not owners[start]:
+                claim = owners[start]
+                claim.writer.add(ids[start:stop], {kind: array[start:stop] for kind, array in arrays.items()})
+                claim.remaining -= stop - start
+                start = stop
+        for image_id, reason in failed:
+            claim = self.owner.pop(int(image_id))
+            claim.writer.rejected.append((int(image_id), reason))
+            claim.remaining -= 1
+        while self.open and self.open[0].remaining == 0:
+            claim = self.open.popleft()
+            claim.writer.flush(claim)
+
+    def finish(self) -> None:
+        if any(claim.remaining for claim in self.open):
+            raise RuntimeError(f"{sum(c.remaining for c in self.open)} claimed images came back without a result")
+        while self.open:
+            claim = self.open.popleft()
+            claim.writer.flush(claim)
+
+    def close(self) -> None:
+        while self.open:
+            self.open.popleft().abandon()
+        self.owner.clear()
+
+
+def _work_queue(project: Project, spec_id: int, directory: Path, result: EmbedResult, shard_rows: int,
+                flush_seconds: float, batch_size: int, claim_rows: int | None = None):
+    if concurrent_writers(project.engine):
+        return _ClaimQueue(project, spec_id, directory, result, shard_rows, flush_seconds, batch_size, claim_rows)
+    return _SerialQueue(project, spec_id, directory, result, shard_rows, flush_seconds)
+
+
+def _writer_lock(project: Project, directory: Path):
+    """SQLite: one writer per spec (flock). PostgreSQL: none; claims and the advisory write
+    lock let several processes share the spec."""
+    return contextlib.nullcontext() if concurrent_writers(project.engine) else spec_lock(directory)
+
+
+def encode_batch(encoder, pixels) -> dict[str, np.ndarray]:
+    """Stored arrays of one batch: unit-norm embedding and, where the model has it, phi."""
+    emb, phi = encoder.encode_pixels(pixels)  # (b, D), (b, d) | None
+    arrays = {"embedding": _normalise(emb.float().numpy())}
+    if phi is not None:
+        arrays["phi"] = phi.float().numpy()
+    return arrays
 
 
 def embed_images(
@@ -326,20 +541,31 @@ def embed_images(
     show_progress: bool | None = None,
     shard_rows: int = SHARD_ROWS,
     flush_seconds: float = FLUSH_SECONDS,
+    engine: str = "local",
+    ray_address: str | None = None,
+    num_gpus_per_worker: float = 0.0,
 ) -> EmbedResult:
     """Embed every non-rejected image without vectors for the spec given by the project
     settings (model, pretrained, batch_size, workers, device, precision, seed), and make that
-    spec current. Safe to kill at any point and rerun."""
+    spec current. Safe to kill at any point and rerun.
+
+    On PostgreSQL several processes may run this at once on one project (each image is
+    claimed by one of them); on SQLite a second one gets LockedError. `engine="ray"` runs
+    the forward passes on a Ray cluster (`alkit.embedding.ray_engine`; `workers` actors,
+    `num_gpus_per_worker` GPUs each) and writes the same shards and rows from this process.
+    """
     from alkit.embedding.decode import BatchDecoder, batch_loader
     from alkit.embedding.model import load_open_clip, resolve_device
 
     settings = project.settings
+    if engine not in ("local", "ray"):
+        raise InputError(f"engine must be local or ray, got {engine!r}")
     if settings.batch_size < 1 or settings.workers < 0:
         raise InputError(f"batch size must be >= 1 and workers >= 0 (got {settings.batch_size}, {settings.workers})")
     planned = plan_spec(settings.model, settings.pretrained, settings.seed)
     directory = spec_directory(project, planned.key)
-    device = resolve_device(settings.device)
-    with spec_lock(directory):
+    device = resolve_device(settings.device) if engine == "local" or num_gpus_per_worker <= 0 else "cuda"
+    with _writer_lock(project, directory):
         with project.engine.connect() as connection:
             existing = connection.execute(sa.select(embedding_specs).where(embedding_specs.c.key == planned.key)).first()
         pending = count_pending(project, existing.id if existing else None)
@@ -355,7 +581,9 @@ def embed_images(
             return EmbedResult(existing.id, existing.name, planned.key, planned.weights.kind == "random", device,
                                settings.precision, orphans_removed=removed, text_features=None if path is None else str(path))
 
-        encoder = load_open_clip(planned.architecture, planned.weights, device, settings.precision)
+        # the Ray driver only needs the spec's shapes, projections and text features: CPU fp32
+        encoder = (load_open_clip(planned.architecture, planned.weights, device, settings.precision) if engine == "local"
+                   else load_open_clip(planned.architecture, planned.weights, "cpu", "fp32"))
         probe, psi = encoder.encode_texts(["a photo"])
         dim = int(probe.shape[1])
         phi_dim = None if encoder.image_proj is None else int(encoder.image_proj.matrix().shape[0])
@@ -373,26 +601,25 @@ def embed_images(
         text_path = ensure_text_features(project, row, encoder)
         result.text_features = None if text_path is None else str(text_path)
 
-        decoder = BatchDecoder(encoder.preprocess, encoder.image_size, settings.max_pixels)
-        loader = batch_loader(decoder, lambda: iter_pending(project, row.id), settings.batch_size, settings.workers)
-        writer = _ShardWriter(project, row.id, directory, result)
-        started = last_flush = time.perf_counter()
-        with progress_bar(result.pending, "embed", show_progress, unit="img") as bar:
-            for batch in loader:
-                writer.rejected.extend(batch["failed"])
-                if batch["pixels"] is not None:
-                    emb, phi = encoder.encode_pixels(batch["pixels"])  # (b, D), (b, d) | None
-                    arrays = {"embedding": _normalise(emb.numpy())}
-                    if phi is not None:
-                        arrays["phi"] = phi.numpy()
-                    writer.add(batch["ids"].numpy(), arrays)
-                for image_id, reason in batch["failed"]:
-                    result.rejected.append({"image_id": image_id, "reason": reason})
-                bar.update(len(batch["ids"]) + len(batch["failed"]))
-                if writer.rows >= shard_rows or time.perf_counter() - last_flush > flush_seconds:
-                    writer.flush()
-                    last_flush = time.perf_counter()
-            writer.flush()
+        queue = _work_queue(project, row.id, directory, result, shard_rows, flush_seconds, settings.batch_size,
+                            claim_rows=shard_rows if engine == "ray" else None)
+        started = time.perf_counter()
+        try:
+            with progress_bar(result.pending, "embed", show_progress, unit="img") as bar:
+                if engine == "ray":
+                    from alkit.embedding.ray_engine import run_ray_embed
+
+                    run_ray_embed(queue, planned, settings, bar, address=ray_address, num_gpus_per_worker=num_gpus_per_worker)
+                else:
+                    decoder = BatchDecoder(encoder.preprocess, encoder.image_size, settings.max_pixels)
+                    loader = batch_loader(decoder, queue.items, settings.batch_size, settings.workers)
+                    for batch in loader:
+                        arrays = encode_batch(encoder, batch["pixels"]) if batch["pixels"] is not None else {}
+                        queue.add(batch["ids"].numpy(), arrays, batch["failed"])
+                        bar.update(len(batch["ids"]) + len(batch["failed"]))
+                queue.finish()
+        finally:
+            queue.close()
         result.seconds = time.perf_counter() - started
     _attach_paths(project, result.rejected)
     return result
