@@ -13,8 +13,16 @@ matmul on the same data (measured in the same run), and the process's peak RSS s
 (`resource.getrusage(RUSAGE_SELF).ru_maxrss`, a high-water mark that includes the N x D
 embedding matrix itself).
 
-    python benchmarks/select.py --n 100000          # development size
-    python benchmarks/select.py                     # full size: N = 1M
+Scores from S samples go through the logits fast path (`score_logits_in_chunks`: sampled
+logits in cache-sized chunks, no softmax or per-element log, see `scores._logit_summaries`);
+EPIG needs probabilities and uses `score_in_chunks`. `--compare-n` items are also scored
+with the previous probability path (softmax -> `bald`) in the same run, as a same-load
+speed-up check and an agreement check.
+
+    python -m benchmarks.select --n 100000          # development size
+    python -m benchmarks.select                     # full size: N = 1M
+(run as a module: `python benchmarks/select.py` puts this folder first on sys.path, where
+this file shadows the stdlib `select`.)
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from alkit.acquisition.pipeline import score_in_chunks  # noqa: E402
+from alkit.acquisition.pipeline import score_in_chunks, score_logits_in_chunks, top_candidates  # noqa: E402
 
 
 def peak_rss_gb() -> float:
@@ -76,7 +84,11 @@ class LinearHeadSampler:
         """Deterministic (MAP) predictive `(1, n, K)`."""
         return torch.softmax(torch.from_numpy(x) @ self.mean_head, dim=-1).unsqueeze(0)
 
-    def probs(self, x: np.ndarray) -> torch.Tensor:
+    def mean_logits(self, x: np.ndarray) -> torch.Tensor:
+        """Deterministic (MAP) logits `(1, n, K)`."""
+        return (torch.from_numpy(x) @ self.mean_head).unsqueeze(0)
+
+    def _logits(self, x: np.ndarray) -> torch.Tensor:
         n, samples, classes = x.shape[0], self.num_samples, self.num_classes
         first = torch.from_numpy(x) @ self.first
         if self.noise_rank > 0:
@@ -84,7 +96,13 @@ class LinearHeadSampler:
             logits += first[:, None, :classes]
         else:
             logits = first.view(n, samples, classes)
-        return torch.softmax(logits, dim=-1).permute(1, 0, 2)  # (S, n, K) view, no copy
+        return logits
+
+    def logits(self, x: np.ndarray) -> torch.Tensor:
+        return self._logits(x).permute(1, 0, 2)  # (S, n, K) view, no copy
+
+    def probs(self, x: np.ndarray) -> torch.Tensor:
+        return torch.softmax(self._logits(x), dim=-1).permute(1, 0, 2)  # (S, n, K) view, no copy
 
 
 CPU_SECONDS: dict[float, float] = {}
@@ -108,17 +126,22 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--targets", type=int, default=100)
     parser.add_argument("--candidates", type=int, default=10_000)
-    parser.add_argument("--chunk", type=int, default=2048, help="pool items per predict_chunk call")
+    parser.add_argument("--chunk", type=int, default=2048, help="pool items per predict_chunk call (probability path)")
+    parser.add_argument("--logits-chunk", type=int, default=128, help="pool items per predict_logits call (fast path)")
+    parser.add_argument("--budget", type=int, default=100, help="B for the pre-filter recall check")
+    parser.add_argument("--bald-keep", type=int, default=100_000, help="BALD pre-filter: top items by MAP entropy")
+    parser.add_argument("--compare-n", type=int, default=20_000, help="items also scored with the old probability path")
     parser.add_argument("--noise-rank", type=int, default=32, help="rank of the weight noise; 0 = full rank")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
     embeddings = unit_embeddings(args.n, args.d, args.seed)
     sampler = LinearHeadSampler(args.d, args.k, args.samples, args.noise_rank, args.seed)
-    chunk = args.chunk
+    chunk, fast = args.chunk, args.logits_chunk
     print(
         f"N={args.n} D={args.d} K={args.k} S={args.samples} M={args.targets} candidates={args.candidates} "
-        f"noise_rank={args.noise_rank} chunk={chunk} torch_threads={torch.get_num_threads()} cpus={os.cpu_count()}"
+        f"noise_rank={args.noise_rank} chunk={chunk} logits_chunk={fast} torch_threads={torch.get_num_threads()} "
+        f"cpus={os.cpu_count()} load={os.getloadavg()[0]:.1f}"
     )
     print(f"embeddings loaded, peak RSS {peak_rss_gb():.2f} GB")
 
@@ -130,28 +153,33 @@ def main() -> None:
         return out
 
     _, matmul_seconds = timed(bare_matmul)
-    rows = [("bare matmul (N x D)(D x K)", matmul_seconds, "-")]
+    rows = [("bare matmul (N x D)(D x K)", matmul_seconds)]
 
-    entropy, seconds = timed(
-        lambda: score_in_chunks(lambda a, b: sampler.mean_probs(embeddings[a:b]), args.n, "entropy", chunk_size=65536)
-    )
-    rows.append(("entropy (MAP predictive, S=1)", seconds, "-"))
+    def map_entropy(x):
+        return score_logits_in_chunks(lambda a, b: sampler.mean_logits(x[a:b]), x.shape[0], "entropy", chunk_size=8192)
 
-    _, seconds = timed(
-        lambda: score_in_chunks(lambda a, b: sampler.probs(embeddings[a:b]), args.n, "entropy", chunk_size=chunk)
-    )
-    rows.append((f"entropy (mean of S={args.samples} probs)", seconds, "-"))
+    entropy, seconds = timed(lambda: map_entropy(embeddings))
+    rows.append(("entropy (MAP predictive, S=1)", seconds))
 
-    _, seconds = timed(
-        lambda: score_in_chunks(lambda a, b: sampler.probs(embeddings[a:b]), args.n, "bald", chunk_size=chunk)
-    )
-    rows.append((f"BALD (S={args.samples})", seconds, "-"))
+    def sampled(name, x):
+        return score_logits_in_chunks(lambda a, b: sampler.logits(x[a:b]), x.shape[0], name, chunk_size=fast)
+
+    _, seconds = timed(lambda: sampled("entropy", embeddings))
+    rows.append((f"entropy (mean of S={args.samples} probs)", seconds))
+
+    bald_scores, seconds = timed(lambda: sampled("bald", embeddings))
+    rows.append((f"BALD (S={args.samples}), full pool", seconds))
+
+    def bald_with_prefilter():
+        keep = top_candidates(map_entropy(embeddings), args.bald_keep)
+        values = sampled("bald", embeddings[keep])
+        return keep[np.argsort(-values)[: args.budget]]
+
+    prefiltered_top, seconds = timed(bald_with_prefilter)
+    rows.append((f"BALD (S={args.samples}) on top {args.bald_keep} by MAP entropy, incl. pre-filter", seconds))
 
     def epig_with_prefilter():
-        prefilter = score_in_chunks(
-            lambda a, b: sampler.mean_probs(embeddings[a:b]), args.n, "entropy", chunk_size=65536
-        )
-        candidates = np.argpartition(-prefilter, args.candidates - 1)[: args.candidates]
+        candidates = top_candidates(map_entropy(embeddings), args.candidates)
         target_rows = np.random.default_rng(args.seed + 1).choice(args.n, args.targets, replace=False)
         targets = sampler.probs(embeddings[target_rows]).contiguous()  # (S, M, K), same samples
         candidate_embeddings = embeddings[candidates]
@@ -164,13 +192,35 @@ def main() -> None:
         )
 
     _, seconds = timed(epig_with_prefilter)
-    rows.append((f"EPIG (S={args.samples}, M={args.targets}) on {args.candidates} candidates + entropy pre-filter", seconds, "-"))
+    rows.append((f"EPIG (S={args.samples}, M={args.targets}) on {args.candidates} candidates, incl. pre-filter", seconds))
 
-    print(f"\n| step | wall s | process CPU s | wall / bare matmul wall |\n| --- | ---: | ---: | ---: |")
-    for name, seconds, _ in rows:
+    # Same-load comparison with the previous probability path on the first compare_n items.
+    subset = embeddings[: args.compare_n]
+    old, seconds = timed(
+        lambda: score_in_chunks(lambda a, b: sampler.probs(subset[a:b]), args.compare_n, "bald", chunk_size=chunk)
+    )
+    rows.append((f"old path: BALD via softmax probs, first {args.compare_n} items", seconds))
+    new, seconds = timed(lambda: sampled("bald", subset))
+    rows.append((f"new path: BALD via logits, first {args.compare_n} items", seconds))
+
+    print("\n| step | wall s | process CPU s | wall / bare matmul wall |\n| --- | ---: | ---: | ---: |")
+    for name, seconds in rows:
         print(f"| {name} | {seconds:.2f} | {CPU_SECONDS[seconds]:.2f} | {seconds / matmul_seconds:.1f} |")
     print(f"\npeak RSS (getrusage ru_maxrss, whole process incl. embeddings): {peak_rss_gb():.2f} GB")
-    assert np.isfinite(entropy).all()
+    print(f"BALD old vs new path, first {args.compare_n} items: max |diff| {np.abs(old - new).max():.2e} nats, "
+          f"top-{args.budget} overlap {len(np.intersect1d(np.argsort(-old)[:args.budget], np.argsort(-new)[:args.budget]))}")
+    full_top = np.argsort(-bald_scores)[: args.budget]
+    print(f"BALD pre-filter recall (top-{args.budget} of full-pool BALD found after pre-filtering):")
+    order = np.argsort(-entropy)
+    for keep in sorted({1_000, 10_000, 50_000, 100_000, 200_000, args.bald_keep}):
+        if keep <= args.n:
+            print(f"  keep top {keep} by MAP entropy: recall {np.isin(full_top, order[:keep]).mean():.2f}")
+    print(f"  (timed run, keep {args.bald_keep}: {np.isin(full_top, prefiltered_top).mean():.2f})")
+    rank = np.empty(args.n, dtype=np.int64)
+    rank[order] = np.arange(args.n)
+    print(f"  MAP-entropy rank of the full-pool BALD top-{args.budget}: median {int(np.median(rank[full_top]))}, "
+          f"max {int(rank[full_top].max())}")
+    assert np.isfinite(entropy).all() and np.isfinite(bald_scores).all()
 
 
 if __name__ == "__main__":

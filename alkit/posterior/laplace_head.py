@@ -28,6 +28,7 @@ fused with the mean logits into ONE (N x (D+1)) @ ((D+1) x (K + r)) matmul; r <=
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,13 @@ class HeadSamples:
 
     weights: np.ndarray
     seed: int
+
+    @cached_property
+    def stacked(self) -> np.ndarray:
+        """The S heads side by side `(D + 1, S*K)`, column s*K + k = W_s[k]: logits of all
+        samples for a chunk are then ONE `(n, D+1) x (D+1, S*K)` matmul. Built once per draw."""
+        num_samples, num_classes, width = self.weights.shape
+        return np.ascontiguousarray(self.weights.transpose(2, 0, 1).reshape(width, num_samples * num_classes))
 
 
 @dataclass(frozen=True)
@@ -165,14 +173,26 @@ class LaplaceHeadPosterior:
         )
         return HeadSamples(draws, seed)
 
-    def sample_probs(self, weights: HeadSamples, x) -> np.ndarray:
-        """softmax(W_s x) for each shared draw: `(S, N, K)`."""
+    def _sample_logits_tensor(self, weights: HeadSamples, x):
+        """W_s [x; 1] for all draws as a torch `(n, S, K)` tensor: one matmul against the
+        stacked heads, in the draws' dtype (float32 by default)."""
         import torch
 
-        draws = torch.from_numpy(np.ascontiguousarray(weights.weights))  # (S, K, D+1)
+        num_samples, num_classes, _ = weights.weights.shape
         xa = torch.from_numpy(self._augment(x, weights.weights.dtype))
-        logits = torch.einsum("np,skp->snk", xa, draws)
-        return torch.softmax(logits, dim=-1).numpy()
+        logits = xa @ torch.from_numpy(weights.stacked)  # (n, S*K)
+        return logits.view(xa.shape[0], num_samples, num_classes)
+
+    def sample_logits(self, weights: HeadSamples, x) -> np.ndarray:
+        """W_s [x; 1] for each shared draw: `(S, N, K)`, a strided view of `(N, S, K)` memory
+        (the scorers' logits fast path reads it without a copy). Chunk x to keep it in cache."""
+        return self._sample_logits_tensor(weights, x).permute(1, 0, 2).numpy()
+
+    def sample_probs(self, weights: HeadSamples, x) -> np.ndarray:
+        """softmax(W_s x) for each shared draw: `(S, N, K)` (a strided view of `(N, S, K)` memory)."""
+        import torch
+
+        return torch.softmax(self._sample_logits_tensor(weights, x), dim=-1).permute(1, 0, 2).numpy()
 
     def save(self, directory: Path) -> None:
         from alkit.posterior.io import save_posterior

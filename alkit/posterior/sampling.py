@@ -28,7 +28,12 @@ def sample_matrix_normal(
     rng = np.random.default_rng(seed)
     q, p = mean.shape
     noise = rng.standard_normal((num_samples, q, p))  # Z, (S, q, p)
-    draws = mean[None] + inverse_sqrt_b[None] @ noise @ inverse_sqrt_a.T[None]
+    # Two plain GEMMs over all S draws at once: `inverse_sqrt_b[None] @ noise` broadcast a
+    # stride-0 operand, which numpy multiplies without BLAS (~50x slower for S = 64, D = 512).
+    left = inverse_sqrt_b @ noise.transpose(1, 0, 2).reshape(q, num_samples * p)  # L_B Z, (q, S*p)
+    left = left.reshape(q, num_samples, p).transpose(1, 0, 2).reshape(num_samples * q, p)
+    draws = (left @ inverse_sqrt_a.T).reshape(num_samples, q, p)  # L_B Z L_A^T
+    draws += mean[None]
     return draws.astype(dtype, copy=False)
 
 
