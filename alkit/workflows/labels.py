@@ -37,7 +37,10 @@ class LabelImportResult:
 
 
 def _candidate_paths(raw: str, csv_dir: Path) -> list[str]:
-    path = Path(raw).expanduser()
+    try:
+        path = Path(raw).expanduser()
+    except RuntimeError:  # "~someone" naming no user: a literal (relative) path
+        path = Path(raw)
     if path.is_absolute():
         return [os.path.realpath(path)]
     return [os.path.realpath(csv_dir / path), os.path.realpath(path)]
@@ -45,7 +48,7 @@ def _candidate_paths(raw: str, csv_dir: Path) -> list[str]:
 
 def read_label_csv(path: Path) -> list[tuple[str, str]]:
     try:
-        handle = path.open(newline="", encoding="utf-8")
+        handle = path.open(newline="", encoding="utf-8-sig")  # Excel writes "CSV UTF-8" with a BOM
     except OSError as error:
         raise InputError(f"cannot read {path}: {error.strerror}; check the path") from None
     with handle:

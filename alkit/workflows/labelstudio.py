@@ -358,11 +358,15 @@ def _apply_page(project: Project, page: list[dict], policy: VotePolicy, task_ima
         known_images = set(
             connection.execute(sa.select(images.c.id).where(images.c.id.in_([i for i in image_of.values() if i]))).scalars()
         )
+        recorded_task = {image_id: task_id for task_id, image_id in task_images.items()}
         touched: set[int] = set()
         for task in page:
             result.tasks_seen += 1
             image_id = image_of[task["id"]]
-            if image_id not in known_images:
+            if image_id not in known_images or recorded_task.get(image_id, task["id"]) != task["id"]:
+                # No alkit image, or a copy of alkit's task made outside alkit (same alkit_id):
+                # only the task alkit pushed speaks for its image, so a duplicate can neither
+                # wipe nor override its labels.
                 result.unknown_tasks += 1
                 continue
             outcome = task_outcome(task, class_ids, policy, image_id=image_id)
@@ -448,8 +452,11 @@ def close_labelled_rounds(connection) -> list[int]:
 # -- webhook receiver ---------------------------------------------------------------------------
 
 
+_PENDING_LOCK = threading.Lock()  # the receiver's threads: read-modify-write of the mark, one at a time
+
+
 def mark_labels_pending(project: Project, action: str, task_id: Any) -> None:
-    with project.engine.begin() as connection:
+    with _PENDING_LOCK, project.engine.begin() as connection:
         mark = dict(read_state(connection, PENDING_KEY) or {"since": utcnow().isoformat(), "events": 0})
         mark.update(events=int(mark.get("events", 0)) + 1, last_action=action, last_task_id=task_id, last_at=utcnow().isoformat())
         write_state(connection, PENDING_KEY, mark)
