@@ -56,14 +56,43 @@ class LockedError(AlkitError):
     exit_code = 8
 
 
+def from_environment(error: BaseException) -> "AlkitError | None":
+    """An AlkitError for failures of the machine rather than of alkit: a database locked by
+    another writer beyond the busy timeout, a full or read-only disk; None for anything else."""
+    import errno
+
+    disk_errnos = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EIO}
+    if isinstance(error, OSError) and error.errno in disk_errnos:
+        where = f" {error.filename}" if error.filename else ""
+        return ConfigError(
+            f"cannot write{where}: {error.strerror or error}; free disk space or fix permissions of the project "
+            "directory, then rerun (work committed so far is kept)"
+        )
+    if type(error).__module__.startswith("sqlalchemy") and type(error).__name__ == "OperationalError":
+        reason = str(getattr(error, "orig", None) or error).splitlines()[0]
+        if "locked" in reason or "busy" in reason:
+            from alkit.storage.db import SQLITE_BUSY_TIMEOUT_MS
+
+            return LockedError(
+                f"the database is locked by another writer ({reason}; waited the {SQLITE_BUSY_TIMEOUT_MS} ms busy "
+                "timeout); rerun when the other process has finished"
+            )
+        if "disk is full" in reason or "readonly" in reason or "read-only" in reason or "unable to open" in reason:
+            return ConfigError(
+                f"cannot write the database ({reason}); free disk space or fix permissions of the project "
+                "directory, then rerun (work committed so far is kept)"
+            )
+    return None
+
+
 EXIT_CODES: dict[str, int] = {
     "ok": 0,
     "internal error (a bug: rerun with --debug and report it)": 1,
     "usage error (bad flag or argument)": 2,
-    "configuration / project error": ConfigError.exit_code,
+    "configuration / project error (bad alkit.toml, disk full, read-only project)": ConfigError.exit_code,
     "bad input (file, path, CSV, name)": InputError.exit_code,
     "pool state does not allow the command": StateError.exit_code,
     "external service (Label Studio) error": ExternalServiceError.exit_code,
     "stored artefacts do not match": IntegrityError.exit_code,
-    "project locked by another process": LockedError.exit_code,
+    "project or database locked by another process": LockedError.exit_code,
 }

@@ -36,48 +36,17 @@ class AppState:
         return self._project
 
 
-def environment_error(error: BaseException):
-    """An AlkitError for failures of the machine rather than of alkit: a database locked by
-    another writer beyond the busy timeout, a full or read-only disk; None for anything else."""
-    import errno
-
-    from alkit.errors import ConfigError, LockedError
-
-    disk_errnos = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EIO}
-    if isinstance(error, OSError) and error.errno in disk_errnos:
-        where = f" {error.filename}" if error.filename else ""
-        return ConfigError(
-            f"cannot write{where}: {error.strerror or error}; free disk space or fix permissions of the project "
-            "directory, then rerun (work committed so far is kept)"
-        )
-    if type(error).__module__.startswith("sqlalchemy") and type(error).__name__ == "OperationalError":
-        reason = str(getattr(error, "orig", None) or error).splitlines()[0]
-        if "locked" in reason or "busy" in reason:
-            from alkit.storage.db import SQLITE_BUSY_TIMEOUT_MS
-
-            return LockedError(
-                f"the database is locked by another writer ({reason}; waited the {SQLITE_BUSY_TIMEOUT_MS} ms busy "
-                "timeout); rerun when the other process has finished"
-            )
-        if "disk is full" in reason or "readonly" in reason or "read-only" in reason or "unable to open" in reason:
-            return ConfigError(
-                f"cannot write the database ({reason}); free disk space or fix permissions of the project "
-                "directory, then rerun (work committed so far is kept)"
-            )
-    return None
-
-
 class AlkitGroup(TyperGroup):
     """Maps alkit's error hierarchy to one-line messages and exit codes, for every command."""
 
     def invoke(self, ctx) -> Any:
-        from alkit.errors import AlkitError
+        from alkit.errors import AlkitError, from_environment
 
         try:
             try:
                 return super().invoke(ctx)
             except Exception as error:  # the environment's failures (locked database, full disk) are not bugs
-                converted = environment_error(error)
+                converted = from_environment(error)
                 if converted is None:
                     raise
                 raise converted from error
