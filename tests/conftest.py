@@ -101,3 +101,12 @@ def ls():
 def token_env(ls, monkeypatch):
     monkeypatch.setenv("ALKIT_LS_TOKEN", ls.token)
     return ls.token
+
+
+@pytest.fixture(scope="module")
+def pg_url():
+    """A throwaway PostgreSQL server for one test module (tests/pgserver.py)."""
+    from pgserver import postgres_server
+
+    with postgres_server() as url:
+        yield url

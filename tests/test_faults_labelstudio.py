@@ -32,7 +32,7 @@ from faults_support import (
     start_alkit,
     write_npz,
 )
-from lsserver import annotate, connected_project, project_tasks, select_first_unlabelled, shared_server
+from lsserver import annotate, connected_project, project_tasks, select_first_unlabelled
 
 FAKE_TOKEN = "fake-token-0123456789abcdefSECRET"
 
@@ -130,20 +130,6 @@ def test_failed_pull_is_a_clear_error_then_the_next_pull_is_complete(fake_projec
 
 
 # -- the real server ---------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def ls():
-    try:
-        return shared_server()
-    except RuntimeError as error:
-        pytest.fail(str(error))
-
-
-@pytest.fixture
-def token_env(ls, monkeypatch):
-    monkeypatch.setenv("ALKIT_LS_TOKEN", ls.token)
-    return ls.token
 
 
 def _alkit_ids(ls, pid) -> list[str]:

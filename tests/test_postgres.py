@@ -2,25 +2,7 @@
 
 import json
 
-import pytest
-import sqlalchemy as sa
-
-from pgserver import postgres_server
-
-
-@pytest.fixture(scope="module")
-def pg_url():
-    with postgres_server() as url:
-        yield url
-
-
-def fresh_database(pg_url: str, name: str) -> str:
-    engine = sa.create_engine(pg_url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:
-        connection.execute(sa.text(f"DROP DATABASE IF EXISTS {name}"))
-        connection.execute(sa.text(f"CREATE DATABASE {name}"))
-    engine.dispose()
-    return pg_url.rsplit("/", 1)[0] + f"/{name}"
+from pgserver import fresh_database
 
 
 def test_migrations_match_schema_on_postgres(pg_url):
@@ -38,7 +20,7 @@ def test_migrations_match_schema_on_postgres(pg_url):
 def test_foundation_commands_on_postgres(pg_url, runner, tmp_path, make_images):
     from alkit_cli.main import app
 
-    url = fresh_database(pg_url, "foundation").replace("postgresql+psycopg://", "postgresql://")
+    url = fresh_database(pg_url, "foundation")
     project = ["--project", str(tmp_path / "pgproject")]
     paths = make_images(4)
     assert runner.invoke(app, [*project, "init", "--db", url]).exit_code == 0

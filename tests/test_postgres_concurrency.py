@@ -13,12 +13,10 @@ import textwrap
 import time
 
 import numpy as np
-import pytest
 import sqlalchemy as sa
 
-from pgserver import find_pg_bin, postgres_server
+from pgserver import fresh_database
 
-pytestmark = pytest.mark.skipif(find_pg_bin() is None, reason="PostgreSQL binaries not installed")
 
 N_IMAGES = 30
 N_WORKERS = 2
@@ -45,21 +43,6 @@ HARNESS = textwrap.dedent(
 )
 
 
-@pytest.fixture(scope="module")
-def pg_url():
-    with postgres_server() as url:
-        yield url
-
-
-def _fresh_database(pg_url: str, name: str) -> str:
-    engine = sa.create_engine(pg_url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:
-        connection.execute(sa.text(f"DROP DATABASE IF EXISTS {name}"))
-        connection.execute(sa.text(f"CREATE DATABASE {name}"))
-    engine.dispose()
-    return pg_url.rsplit("/", 1)[0].replace("postgresql+psycopg://", "postgresql://") + f"/{name}"
-
-
 def test_concurrent_embed_workers_and_label_writer(pg_url, runner, tmp_path, make_images):
     from alkit.embedding.tiny import TINY_VIT, register_config
     from alkit.project import init_project, open_project
@@ -69,7 +52,7 @@ def test_concurrent_embed_workers_and_label_writer(pg_url, runner, tmp_path, mak
     from alkit_cli.main import app
 
     register_config()
-    url = _fresh_database(pg_url, "concurrent")
+    url = fresh_database(pg_url, "concurrent")
     paths = [str(p) for p in make_images(N_IMAGES, size=(40, 30))]
     directory = tmp_path / "pgproject"
     project_flag = ["--project", str(directory)]

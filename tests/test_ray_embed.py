@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-ray = pytest.importorskip("ray")
+import ray  # the `test` extra installs ray[data]; a missing ray is a failure, not a skip
 
 N_IMAGES = 12
 # The real CLI in a subprocess with the Ray engine; its actor class dies (os._exit, like a

@@ -103,7 +103,7 @@ def _windows(queue, window_rows: int, max_claims: int):
 def run_ray_embed(queue, planned, settings, bar, address: str | None = None, num_gpus_per_worker: float = 0.0,
                   window_rows: int = WINDOW_ROWS, max_claims: int = MAX_CLAIMS) -> None:
     """Embed everything `queue` hands out on Ray; results go back through `queue.add`."""
-    ray = _ensure_ray(address)
+    _ensure_ray(address)  # connects (or starts a local cluster); `import ray.data` binds `ray`
     import ray.data
 
     context = ray.data.DataContext.get_current()

@@ -272,6 +272,26 @@ def _as_arrays(rows: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return table[:, 0], table[:, 1], table[:, 2]
 
 
+def embedded_image_ids(project, spec_id: int, *conditions) -> np.ndarray:
+    """Ascending ids `(N,)` of images with vectors of this spec; `conditions` filter on `images`."""
+    query = sa.select(embeddings.c.image_id).where(embeddings.c.spec_id == spec_id)
+    if conditions:
+        query = query.join(images, images.c.id == embeddings.c.image_id).where(*conditions)
+    with project.engine.connect() as connection:
+        return np.fromiter(connection.execute(query.order_by(embeddings.c.image_id)).scalars(), dtype=np.int64)
+
+
+def load_vectors_in_order(project, spec_id: int, image_ids, *, kind: str = "embedding") -> np.ndarray:
+    """Vectors `(len(image_ids), dim)` in the order asked for (ids may repeat); StateError when
+    some image has no vectors of this spec."""
+    wanted = np.asarray(image_ids, dtype=np.int64)
+    found, vectors = load_vectors(project, spec_id, wanted, kind=kind)
+    missing = np.setdiff1d(wanted, found)
+    if len(missing):
+        raise StateError(f"{len(missing)} images (e.g. id {missing[0]}) have no vectors of this spec; run `alkit embed`")
+    return vectors[np.searchsorted(found, wanted)]  # load_vectors returns ascending ids
+
+
 def load_vectors(
     project,
     spec_id: int,

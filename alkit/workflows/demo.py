@@ -22,6 +22,7 @@ import sqlalchemy as sa
 
 from alkit.errors import InputError
 from alkit.project import Project, init_project, open_project
+from alkit.settings import write_config_file
 from alkit.storage.db import utcnow
 from alkit.storage.schema import ImageStatus, LabelSource, classes, images, labels, round_items, rounds
 
@@ -113,10 +114,9 @@ def prepare_project(settings: DemoSettings, log: Log) -> tuple[Path, Path, dict[
     template = root / "project-template"
     shutil.rmtree(template, ignore_errors=True)
     init_project(template)
-    project = open_project(template, {"model": TINY_CLIP_NAME, "pretrained": str(checkpoint), "batch_size": 128, "workers": 0})
-    from alkit.settings import write_config_file
-
+    # In alkit.toml, so the per-strategy copies of this project embed text with the same model.
     write_config_file(template, {"model": TINY_CLIP_NAME, "pretrained": str(checkpoint), "batch_size": 128, "workers": 0})
+    project = open_project(template)
     add_images(project, [str(image_dir / "pool")], show_progress=False)
     add_images(project, [str(image_dir / "test")], split="test", show_progress=False)
     set_classes(project, list(CLASS_NAMES), PROMPT_TEMPLATE)

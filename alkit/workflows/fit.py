@@ -23,7 +23,8 @@ from alkit.project import Project
 from alkit.registry import Registry
 from alkit.storage.db import utcnow
 from alkit.storage.pool import class_rows, resolved_labels
-from alkit.storage.schema import Split, embeddings, images, posteriors
+from alkit.storage.schema import Split, images, posteriors
+from alkit.storage.vectors import embedded_image_ids, load_vectors, load_vectors_in_order
 
 # What each posterior consumes per image: the projection input phi, or the embedding.
 POSTERIOR_FEATURES: Registry[str] = Registry("posterior")
@@ -102,16 +103,9 @@ def default_posterior_kind(context: PoolContext) -> str:
 
 def labelled_training_set(project: Project, context: PoolContext, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(image ids (L,), features (L, F), class indices (L,)) of labelled non-test images."""
-    from alkit.storage.vectors import load_vectors
 
+    candidate_ids = embedded_image_ids(project, context.spec.id, images.c.split != Split.TEST.value).tolist()
     with project.engine.connect() as connection:
-        candidate_ids = list(
-            connection.execute(
-                sa.select(images.c.id)
-                .join(embeddings, embeddings.c.image_id == images.c.id)
-                .where(embeddings.c.spec_id == context.spec.id, images.c.split != Split.TEST.value)
-            ).scalars()
-        )
         resolved = resolved_labels(connection, candidate_ids) if candidate_ids else {}
         position = {row.id: index for index, row in enumerate(class_rows(connection))}
     ids, features = load_vectors(project, context.spec.id, sorted(resolved), kind=POSTERIOR_FEATURES.get(kind))
@@ -139,7 +133,6 @@ def load_current_posterior(project: Project, context: PoolContext):
 
 def _bayesvlm_base(project: Project, context: PoolContext, settings: FitSettings):
     from alkit.posterior.bayesvlm import BayesVLMPosterior
-    from alkit.storage.vectors import load_vectors
 
     text = context.text
     if text.P is None or text.text_emb is None or not context.spec.phi_dim:
@@ -153,14 +146,7 @@ def _bayesvlm_base(project: Project, context: PoolContext, settings: FitSettings
         return _bayesvlm_from_factors(Path(settings.factors_dir), projection, context, scale, settings)
     if settings.pairs_csv:
         return _bayesvlm_from_pairs(project, Path(settings.pairs_csv), projection, context, scale, settings)
-    with project.engine.connect() as connection:
-        pool_ids = list(
-            connection.execute(
-                sa.select(embeddings.c.image_id)
-                .join(images, images.c.id == embeddings.c.image_id)
-                .where(embeddings.c.spec_id == context.spec.id, images.c.split == Split.POOL.value)
-            ).scalars()
-        )
+    pool_ids = embedded_image_ids(project, context.spec.id, images.c.split == Split.POOL.value).tolist()
     if not pool_ids:
         raise StateError("no embedded pool images to estimate the curvature from; run `alkit add` and `alkit embed`")
     rng = np.random.default_rng(settings.seed)
@@ -221,7 +207,6 @@ def _bayesvlm_from_pairs(project: Project, path: Path, projection, context: Pool
 
     from alkit.posterior.bayesvlm import BayesVLMPosterior
     from alkit.posterior.kfac import kfac_factors
-    from alkit.storage.vectors import load_vectors
     from alkit.workflows.embed import encoder_for_spec
 
     rows = read_pairs_csv(path)
@@ -237,13 +222,8 @@ def _bayesvlm_from_pairs(project: Project, path: Path, projection, context: Pool
             f"{len(missing)} of {len(rows)} pair images are not in the pool (first: {missing[0]}); "
             "`alkit add` and `alkit embed` them first"
         )
-    wanted = np.asarray(image_ids, dtype=np.int64)
-    found_ids, phi = load_vectors(project, context.spec.id, wanted, kind="phi")
-    _, image_emb = load_vectors(project, context.spec.id, wanted)
-    if len(np.setdiff1d(wanted, found_ids)):
-        raise StateError("some pair images have no embeddings yet; run `alkit embed` first")
-    order = np.searchsorted(found_ids, wanted)  # back to pair order (images may repeat)
-    phi, image_emb = phi[order], image_emb[order]
+    phi = load_vectors_in_order(project, context.spec.id, image_ids, kind="phi")  # pair order; images may repeat
+    image_emb = load_vectors_in_order(project, context.spec.id, image_ids)
     encoder = encoder_for_spec(project, context.spec)
     captions = [caption for _, caption in rows]
     text_emb, psi = [], []
@@ -274,7 +254,6 @@ def _bayesvlm_from_pairs(project: Project, path: Path, projection, context: Pool
 def _probvlm(project: Project, context: PoolContext, features, labels, settings: FitSettings, parent_version):
     """ProbVLM adapters on the non-test images (at most `curvature_images` of them, sampled) + labelled pairs."""
     from alkit.posterior.probvlm import ProbVLMSettings, fit_probvlm
-    from alkit.storage.vectors import load_vectors
 
     if settings.pairs_csv:
         raise InputError(
@@ -287,14 +266,7 @@ def _probvlm(project: Project, context: PoolContext, features, labels, settings:
             "probvlm turns embeddings into class probabilities against class-prompt text embeddings and this spec has "
             "none; import embeddings with text_embeddings, embed with an open_clip model, or use --posterior laplace_head"
         )
-    with project.engine.connect() as connection:
-        image_ids = list(
-            connection.execute(
-                sa.select(embeddings.c.image_id)
-                .join(images, images.c.id == embeddings.c.image_id)
-                .where(embeddings.c.spec_id == context.spec.id, images.c.split != Split.TEST.value)
-            ).scalars()
-        )
+    image_ids = embedded_image_ids(project, context.spec.id, images.c.split != Split.TEST.value).tolist()
     if len(image_ids) > settings.curvature_images:
         rng = np.random.default_rng(settings.seed)
         image_ids = rng.choice(np.asarray(image_ids), settings.curvature_images, replace=False).tolist()

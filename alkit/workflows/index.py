@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from alkit.errors import InputError, StateError
 from alkit.project import Project
-from alkit.storage.schema import embeddings, images
+from alkit.storage.schema import images
 
 
 @dataclass
@@ -36,14 +36,6 @@ def index_directory(project: Project, spec) -> Path:
     return project.artefacts_dir / "index" / spec.key
 
 
-def _spec_ids(project: Project, spec_id: int) -> np.ndarray:
-    with project.engine.connect() as connection:
-        return np.fromiter(
-            connection.execute(sa.select(embeddings.c.image_id).where(embeddings.c.spec_id == spec_id).order_by(embeddings.c.image_id)).scalars(),
-            dtype=np.int64,
-        )
-
-
 def _stored_or_default_settings(directory: Path):
     from alkit.retrieval.index import IndexSettings
     from alkit.retrieval.store import read_manifest
@@ -59,20 +51,18 @@ def _stored_or_default_settings(directory: Path):
 def ensure_project_index(project: Project, spec=None, settings=None):
     """(EnsuredIndex, spec): the index of `spec` (default: current) covering all its vectors."""
     from alkit.retrieval.store import ensure_index
-    from alkit.storage.vectors import current_spec, load_vectors
+    from alkit.storage.vectors import current_spec, embedded_image_ids, load_vectors_in_order
 
     if spec is None:
         with project.engine.connect() as connection:
             spec = current_spec(connection)
     directory = index_directory(project, spec)
-    ids = _spec_ids(project, spec.id)
+    ids = embedded_image_ids(project, spec.id)
     if len(ids) == 0:
         raise StateError("no embeddings to index; run `alkit embed` first")
 
     def load(wanted: np.ndarray) -> np.ndarray:
-        found, vectors = load_vectors(project, spec.id, wanted)
-        order = np.searchsorted(found, np.asarray(wanted, dtype=np.int64))
-        return vectors[order]  # rows in the order asked for
+        return load_vectors_in_order(project, spec.id, wanted)
 
     settings = settings or _stored_or_default_settings(directory)
     return ensure_index(directory, spec.key, ids, load, settings, expected_dim=spec.dim), spec

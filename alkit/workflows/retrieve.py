@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from alkit.errors import InputError, StateError
 from alkit.project import Project
-from alkit.storage.schema import embeddings, images
+from alkit.storage.schema import images
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:
@@ -97,29 +97,9 @@ def query_vectors(project: Project, spec, text: str | None = None, like: list[st
 def nearest_candidates(project: Project, spec, queries: np.ndarray, allowed_ids: np.ndarray, wanted: int) -> np.ndarray:
     """Up to `wanted` allowed pool ids nearest to the queries (each query contributes in turn),
     from the project's FAISS index; sorted ascending."""
-    from alkit.workflows.index import search_index
+    from alkit.retrieval.neighbours import candidates_near
+    from alkit.workflows.index import ensure_project_index
 
-    allowed = set(allowed_ids.tolist())
-    depth = min(len(allowed_ids), max(wanted, 64))
-    while True:
-        _, ids = search_index(project, spec, queries, depth)  # (Q, depth)
-        chosen: list[int] = []
-        seen: set[int] = set()
-        for column in range(ids.shape[1]):  # round robin over queries
-            for image_id in ids[:, column].tolist():
-                if image_id in allowed and image_id not in seen:
-                    seen.add(image_id)
-                    chosen.append(image_id)
-        total = _count_spec_rows(project, spec.id)
-        if len(chosen) >= wanted or depth >= total:
-            return np.sort(np.asarray(chosen[:wanted], dtype=np.int64))
-        depth = min(total, depth * 4)
-
-
-def _count_spec_rows(project: Project, spec_id: int) -> int:
-    with project.engine.connect() as connection:
-        return int(
-            connection.execute(
-                sa.select(sa.func.count()).select_from(embeddings).where(embeddings.c.spec_id == spec_id)
-            ).scalar_one()
-        )
+    ensured, _ = ensure_project_index(project, spec)
+    excluded = np.setdiff1d(ensured.index.ids, np.asarray(allowed_ids, dtype=np.int64))
+    return np.sort(candidates_near(ensured.index, queries, wanted, exclude_ids=excluded))

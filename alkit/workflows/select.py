@@ -237,15 +237,9 @@ def _epig_target_ids(project, context, candidate_ids: np.ndarray, settings: Sele
     """M target inputs: the target split if given, else a sample of the candidate set."""
     rng = np.random.default_rng(settings.seed + 7919)
     if settings.target_split:
-        with project.engine.connect() as connection:
-            ids = np.fromiter(
-                connection.execute(
-                    sa.select(embeddings.c.image_id)
-                    .join(images, images.c.id == embeddings.c.image_id)
-                    .where(embeddings.c.spec_id == context.spec.id, images.c.split == settings.target_split)
-                ).scalars(),
-                dtype=np.int64,
-            )
+        from alkit.storage.vectors import embedded_image_ids
+
+        ids = embedded_image_ids(project, context.spec.id, images.c.split == settings.target_split)
         if len(ids) == 0:
             raise StateError(
                 f"split {settings.target_split!r} has no embedded images; `alkit add --split {settings.target_split}` and `alkit embed`"
@@ -259,7 +253,7 @@ def _epig_target_ids(project, context, candidate_ids: np.ndarray, settings: Sele
 
 def _batch(project, spec_id: int, candidate_ids: np.ndarray, scores: np.ndarray, settings: SelectSettings, notes) -> np.ndarray:
     from alkit.acquisition import select_batch, select_without_near_duplicates
-    from alkit.storage.vectors import load_vectors
+    from alkit.storage.vectors import load_vectors_in_order
 
     budget = settings.budget
     scores = np.clip(np.nan_to_num(scores, nan=0.0), 0.0, None)
@@ -268,9 +262,7 @@ def _batch(project, spec_id: int, candidate_ids: np.ndarray, scores: np.ndarray,
     draws = min(len(candidate_ids), ORDER_OVERSAMPLE * budget + 64)
     while True:
         order = select_batch(scores, draws, mode=settings.batch_mode, seed=settings.seed, beta=settings.beta)
-        _, vectors = load_vectors(project, spec_id, candidate_ids[order])
-        position_of = {int(i): k for k, i in enumerate(np.sort(candidate_ids[order]))}
-        aligned = vectors[[position_of[int(i)] for i in candidate_ids[order]]]  # rows in draw order
+        aligned = load_vectors_in_order(project, spec_id, candidate_ids[order])  # rows in draw order
         kept = select_without_near_duplicates(np.arange(len(order)), aligned, budget, settings.dedup_threshold)
         if len(kept) == budget or draws == len(candidate_ids):
             break
