@@ -315,14 +315,15 @@ def _record_round(project, context, settings, method, posterior_version, chosen_
     now = utcnow()
     items: list[SelectedItem] = []
     with project.engine.begin() as connection:
-        # Re-check inside the transaction: a concurrent select may have taken some images.
-        taken = set(
-            connection.execute(
-                sa.select(images.c.id).where(images.c.id.in_(chosen_ids.tolist()), images.c.status.in_(OPEN_STATUSES))
-            ).scalars()
-        )
-        if taken:
-            raise StateError(f"{len(taken)} chosen images were taken by a concurrent `alkit select`; run it again")
+        # The claim is the transaction's first statement: one conditional write that takes the
+        # database's write lock (SQLite) or the rows' locks (PostgreSQL) and only moves images that
+        # are still free, so two concurrent selects never share an image.
+        claimed = claim_images(connection, chosen_ids.tolist(), now)
+        if claimed != len(chosen_ids):  # raising rolls the claim back
+            raise StateError(
+                f"{len(chosen_ids) - claimed} of {len(chosen_ids)} chosen images were taken by a concurrent "
+                "`alkit select` (or labelled) meanwhile; nothing was recorded, run it again"
+            )
         round_id = connection.execute(
             rounds.insert()
             .values(
@@ -343,12 +344,33 @@ def _record_round(project, context, settings, method, posterior_version, chosen_
             )
             items.append(SelectedItem(image_id, paths[image_id], rank, score, predicted, probability))
         connection.execute(round_items.insert(), rows)
-        connection.execute(
+    return round_id, items
+
+
+CLAIM_CHUNK = 5000  # ids per conditional UPDATE (below every backend's bound-parameter limit)
+
+
+def claim_images(connection, image_ids: list[int], now) -> int:
+    """Mark free images as selected with conditional UPDATEs; returns how many moved.
+
+    "Free" is re-checked by the database itself in the WHERE clause, under the write lock, so a
+    row-count short of `len(image_ids)` means another process claimed (or labelled) some first.
+    """
+    has_label = sa.exists().where(labels.c.image_id == images.c.id)
+    claimed = 0
+    for start in range(0, len(image_ids), CLAIM_CHUNK):
+        chunk = image_ids[start : start + CLAIM_CHUNK]
+        result = connection.execute(
             images.update()
-            .where(images.c.id.in_(chosen_ids.tolist()))
+            .where(
+                images.c.id.in_(chunk),
+                images.c.status.not_in([ImageStatus.REJECTED.value, ImageStatus.LABELED.value, *OPEN_STATUSES]),
+                ~has_label,
+            )
             .values(status=ImageStatus.SELECTED.value, updated_at=now)
         )
-    return round_id, items
+        claimed += int(result.rowcount)
+    return claimed
 
 
 def _query_vectors(project, context, settings: SelectSettings):
