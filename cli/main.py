@@ -87,7 +87,8 @@ def main_options(
 def _register_commands() -> None:
     """Each command module registers its commands; modules import nothing heavy at load."""
     from alkit_cli import (
-        classes_cmd, demo_cmd, embed_cmd, eval_cmd, fit_cmd, index_cmd, labels_cmd, ls_cmd, pool_cmd, select_cmd,
+        classes_cmd, demo_cmd, embed_cmd, eval_cmd, fit_cmd, index_cmd, labels_cmd, ls_cmd, pool_cmd, report_cmd,
+        select_cmd,
     )
 
     pool_cmd.register(app)
@@ -100,6 +101,7 @@ def _register_commands() -> None:
     index_cmd.register(app)
     ls_cmd.register(app)  # ls connect/serve-webhook, push, pull, sync
     demo_cmd.register(app)
+    report_cmd.register(app)
 
 
 _register_commands()
