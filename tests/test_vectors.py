@@ -89,3 +89,76 @@ def test_imported_spec_has_no_phi_when_phi_dim_missing(project):
         row = V.ensure_spec(connection, "x" * 32, "imported", "nophi", {}, dim=4, phi_dim=None)
     with pytest.raises(StateError, match="no phi vectors"):
         V.load_vectors(project, row.id, kind="phi")
+
+
+def _register_rows(project, count: int) -> list[int]:
+    """`count` image rows inserted directly (no files: reads of vectors never open images)."""
+    from alkit.storage.db import utcnow
+    from alkit.storage.schema import images
+
+    now = utcnow()
+    rows = [dict(path=f"/nowhere/{i}.png", split="pool", status="registered", added_at=now, updated_at=now) for i in range(count)]
+    with project.engine.begin() as connection:
+        connection.execute(images.insert(), rows)
+        return sorted(connection.execute(sa.select(images.c.id)).scalars())
+
+
+@pytest.mark.parametrize("dense_span", [0, 4, 10**9])  # always IN lists / the default / always one id range
+def test_bulk_reads_equal_a_per_id_reference(project, monkeypatch, dense_span):
+    monkeypatch.setattr(V, "DENSE_SPAN", dense_span)
+    monkeypatch.setattr(V, "IN_LIST_IDS", 7)  # several IN lists per read
+    all_ids = _register_rows(project, 300)
+    with project.engine.begin() as connection:
+        spec = V.ensure_spec(connection, "b" * 32, "imported", "bulk", {}, dim=5, phi_dim=None)
+    rng = np.random.default_rng(3)
+    stored = [i for i in all_ids if i % 11 != 0]  # some images have no vectors
+    scrambled = rng.permutation(stored[:120]).tolist()  # a shard written in random id order
+    reference = {}
+    for shard, ids in enumerate([scrambled, stored[120:200], stored[200:]], start=1):
+        values = rng.normal(size=(len(ids), 5))
+        V.write_shard(V.spec_directory(project, spec.key), shard, {"embedding": values})
+        with project.engine.begin() as connection:
+            V.record_shard(connection, spec.id, shard, ids)
+        reference.update(zip(ids, values.astype(np.float16).astype(np.float32)))
+
+    def expect(wanted):
+        ids = sorted(set(wanted) & set(reference))
+        return np.asarray(ids, dtype=np.int64), np.stack([reference[i] for i in ids]) if ids else np.zeros((0, 5), np.float32)
+
+    cases = [None, all_ids[40:170], all_ids[::37] + [10**6], [all_ids[5]], [stored[3]] * 3 + [stored[150]], []]
+    for wanted in cases:
+        ids, vectors = V.load_vectors(project, spec.id, wanted)
+        want_ids, want_vectors = expect(all_ids if wanted is None else wanted)
+        np.testing.assert_array_equal(ids, want_ids)
+        assert vectors.dtype == np.float32 and vectors.shape == (len(want_ids), 5)
+        np.testing.assert_array_equal(vectors, want_vectors)  # float16 -> float32 is exact
+    order = [stored[150], stored[2], stored[150], stored[250]]
+    np.testing.assert_array_equal(V.load_vectors_in_order(project, spec.id, order), np.stack([reference[i] for i in order]))
+    np.testing.assert_array_equal(V.embedded_image_ids(project, spec.id), np.asarray(stored))
+    chunks = list(V.iter_vector_chunks(project, spec.id, chunk_rows=64))
+    np.testing.assert_array_equal(np.concatenate([c[1] for c in chunks]), expect(stored)[1])
+
+
+def test_float16_widening_is_exact_with_and_without_torch(monkeypatch):
+    import sys
+
+    import torch  # noqa: F401  (the torch branch runs only when torch is imported)
+
+    values = np.random.default_rng(4).normal(scale=300, size=(257, 33)).astype(np.float16)
+    values[0, :3] = [np.inf, -np.inf, 6e-8]  # infinities and a subnormal survive both ways
+    with_torch = V._as_float32(values)
+    monkeypatch.delitem(sys.modules, "torch")
+    without_torch = V._as_float32(values)
+    np.testing.assert_array_equal(with_torch, values.astype(np.float32))
+    np.testing.assert_array_equal(without_torch, values.astype(np.float32))
+
+
+def test_int_column_reads_ids_in_query_order(project):
+    ids = _register_rows(project, 25)
+    from alkit.storage.schema import images
+
+    with project.engine.connect() as connection:
+        column = V.int_column(connection, sa.select(images.c.id).order_by(images.c.id.desc()))
+        empty = V.int_column(connection, sa.select(images.c.id).where(images.c.id < 0))
+    assert column.dtype == np.int64 and column.tolist() == ids[::-1]
+    assert empty.shape == (0,)

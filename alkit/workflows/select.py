@@ -90,8 +90,10 @@ def eligible_pool_ids(project: Project, spec_id: int) -> np.ndarray:
         )
         .order_by(images.c.id)
     )
+    from alkit.storage.vectors import int_column  # one fetchall, no Python work per row
+
     with project.engine.connect() as connection:
-        return np.fromiter(connection.execute(query).scalars(), dtype=np.int64)
+        return int_column(connection, query)
 
 
 def _validate(settings: SelectSettings) -> None:
