@@ -12,12 +12,15 @@ import errno
 import hashlib
 import io
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 from typing import Iterator
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 HASH_NAME = "blake2b-256"
+MAX_FILE_BYTES = 512 * 1024**2  # larger files are rejected unread (no image alkit embeds needs this much)
+MAX_ASPECT_RATIO = 50.0  # longer/shorter side; a 1x60000 strip would need ~9 GB once resized for a model
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,53 @@ def _os_reason(error: OSError) -> str:
     return f"unreadable: {error.strerror or error}"
 
 
+def file_kind_problem(mode: int) -> str | None:
+    """Why a file of this `st_mode` is not read (FIFOs block, devices never end); None for regular files."""
+    if stat.S_ISREG(mode):
+        return None
+    kinds = {
+        stat.S_ISFIFO: "a FIFO (named pipe)", stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device",
+        stat.S_ISSOCK: "a socket", stat.S_ISDIR: "a directory",
+    }
+    kind = next((name for test, name in kinds.items() if test(mode)), "not a regular file")
+    return f"not a regular file: {kind}"
+
+
+def open_regular_file(path: str | os.PathLike):
+    """Open a file for reading only if it is a regular file, without ever blocking on a FIFO.
+
+    The kind is checked on the opened descriptor (`fstat`), so a path swapped for a FIFO or a
+    link to /dev/zero after listing is still refused. Raises OSError, or ValueError with the reason.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        problem = file_kind_problem(os.fstat(fd).st_mode)
+        if problem:
+            raise ValueError(problem)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_bounded(path: str, limit: int | None = None) -> bytes:
+    """The bytes of a regular file of at most `limit` (default MAX_FILE_BYTES) bytes; ValueError with the reason otherwise."""
+    limit = MAX_FILE_BYTES if limit is None else limit
+    with open_regular_file(path) as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"file larger than {limit} bytes; not an image alkit reads")
+    return data
+
+
+def aspect_problem(width: int, height: int, max_ratio: float = MAX_ASPECT_RATIO) -> str | None:
+    """A reason when one side is more than `max_ratio` times the other (checked before any decode)."""
+    if width >= 1 and height >= 1 and max(width, height) > max_ratio * min(width, height):
+        return f"extreme aspect ratio ({width}x{height}, more than {max_ratio:g}:1); crop or resize it"
+    return None
+
+
 def find_image_files(paths: list[str | os.PathLike], recursive: bool = True) -> FoundFiles:
     """Expand files and folders into candidate image files.
 
@@ -88,7 +138,11 @@ def find_image_files(paths: list[str | os.PathLike], recursive: bool = True) -> 
             rejected.append((display_path(os.path.abspath(given)), _os_reason(error)))
             continue
         if not os.path.isdir(given):
-            files.append(resolved(given))
+            problem = file_kind_problem(info.st_mode)
+            if problem:
+                rejected.append((display_path(os.path.abspath(given)), problem))
+            else:
+                files.append(resolved(given))
             continue
         seen_dirs.add((info.st_dev, info.st_ino))
         for root, dirnames, filenames in os.walk(given, followlinks=True):
@@ -111,35 +165,81 @@ def find_image_files(paths: list[str | os.PathLike], recursive: bool = True) -> 
                     ignored += 1
                     continue
                 try:
-                    os.stat(full)
+                    problem = file_kind_problem(os.stat(full).st_mode)
                 except OSError as error:
                     rejected.append((display_path(os.path.abspath(full)), _os_reason(error)))
+                    continue
+                if problem:
+                    rejected.append((display_path(os.path.abspath(full)), problem))
                     continue
                 files.append(resolved(full))
     unique = list(dict.fromkeys(files))
     return FoundFiles(files=unique, rejected=rejected, ignored=ignored)
 
 
+def _png_has_iend(data: bytes) -> bool:
+    """Walk the PNG chunks by their lengths; True when an IEND chunk is reached inside the data
+    (bytes after it are allowed, as every decoder ignores them)."""
+    position = 8
+    while position + 8 <= len(data):
+        length = int.from_bytes(data[position : position + 4], "big")
+        if data[position + 4 : position + 8] == b"IEND":
+            return True
+        position += 12 + length
+    return False
+
+
+def _jpeg_has_eoi(data: bytes) -> bool:
+    """Skip the marker segments (EXIF thumbnails included) to the first scan, then look for the
+    end-of-image marker in the scan data, where 0xFFD9 cannot occur otherwise. Trailing bytes
+    after it (some cameras append data) are accepted."""
+    position = 2
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:
+            return False
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
+            position += 2
+            continue
+        if marker == 0xDA:  # start of scan
+            return b"\xff\xd9" in data[position:]
+        position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
+    return False
+
+
 def _has_end_marker(fmt: str, data: bytes) -> bool:
     if fmt == "PNG":
-        return b"IEND" in data[-64:]
+        return _png_has_iend(data)
     if fmt in ("JPEG", "MPO"):
-        return data.rstrip(b"\x00")[-2:] == b"\xff\xd9"
+        return _jpeg_has_eoi(data)
     return True
 
 
 def probe_image(path: str, max_pixels: int) -> ProbeResult:
-    """Hash the file, read its header and check it is a complete, sane image."""
+    """Hash the file, read its header and check it is a complete, sane image; never raises."""
+    shown = display_path(path)
+    try:
+        return _probe(path, shown, max_pixels)
+    except MemoryError:
+        return ProbeResult(shown, False, "unreadable: out of memory while reading it")
+    except Exception as error:  # one bad file never costs the others in its chunk
+        return ProbeResult(shown, False, f"unreadable: {type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}")
+
+
+def _probe(path: str, shown: str, max_pixels: int) -> ProbeResult:
     from PIL import Image, UnidentifiedImageError
 
-    shown = display_path(path)
     if not is_storable(path):
         return ProbeResult(shown, False, "path is not valid UTF-8; rename the file")
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
+        data = read_bounded(path)
     except OSError as error:
         return ProbeResult(shown, False, _os_reason(error))
+    except ValueError as error:
+        return ProbeResult(shown, False, str(error))
     if not data:
         return ProbeResult(shown, False, "zero bytes", size_bytes=0)
     digest = hashlib.blake2b(data, digest_size=32).hexdigest()
@@ -165,6 +265,8 @@ def probe_image(path: str, max_pixels: int) -> ProbeResult:
         )
     if width < 1 or height < 1:
         return ProbeResult(shown, False, f"empty image ({width}x{height})", size_bytes=len(data))
+    if aspect_problem(width, height):
+        return ProbeResult(shown, False, aspect_problem(width, height), size_bytes=len(data))
     if not _has_end_marker(fmt, data):
         return ProbeResult(shown, False, f"truncated {fmt} (end marker missing)", size_bytes=len(data))
     return ProbeResult(shown, True, None, width=width, height=height, format=fmt, **common)

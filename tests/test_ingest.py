@@ -109,11 +109,20 @@ def test_rejected_file_that_gets_fixed_is_registered_on_re_add(project, tmp_path
     assert result.added == 1 and not result.rejected
 
 
-def test_missing_path_is_rejected_not_fatal(project, tmp_path, make_images):
+def test_missing_named_path_is_an_input_error_and_adds_nothing(project, tmp_path, make_images):
+    from alkit.errors import InputError
+
     [image] = make_images(1)
-    result = add_images(project, [str(tmp_path / "nope"), str(image)])
-    assert result.added == 1
-    assert result.rejected == [{"path": str(tmp_path / "nope"), "reason": "file not found"}]
+    with pytest.raises(InputError, match="1 given path.*do not exist.*nope"):
+        add_images(project, [str(tmp_path / "nope"), str(image)])
+    with project.engine.connect() as connection:
+        assert connection.execute(sa.select(sa.func.count()).select_from(images)).scalar() == 0
+
+
+def test_missing_named_path_exits_4_via_cli(cli, tmp_path):
+    assert cli("init").exit_code == 0
+    result = cli("add", str(tmp_path / "nonexistent" / "dir"))
+    assert result.exit_code == 4 and "do not exist" in result.stderr
 
 
 def test_low_pixel_limit_rejects_as_bomb(tmp_path):

@@ -22,14 +22,22 @@ def open_rgb_image(path: str, min_size: int, max_pixels: int | None = None):
     """
     from PIL import Image
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        image = Image.open(path)
-    if max_pixels is not None and image.size[0] * image.size[1] > max_pixels:
-        raise ValueError(f"decompression bomb ({image.size[0]}x{image.size[1]} > {max_pixels} pixels)")
-    if image.format == "JPEG" and min(image.size) > 2 * min_size:
-        image.draft("RGB", (min_size, min_size))
-    image.load()
+    from alkit.imagefiles import aspect_problem, open_regular_file
+
+    with open_regular_file(path) as handle:  # never blocks on a FIFO nor reads a device
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(handle)
+        # Both guards run on the header, before any pixel is allocated: the total, and the
+        # aspect ratio (the model's resize of a 1x60000 strip to a 224-pixel short side is 13M x 224).
+        if max_pixels is not None and image.size[0] * image.size[1] > max_pixels:
+            raise ValueError(f"decompression bomb ({image.size[0]}x{image.size[1]} > {max_pixels} pixels)")
+        problem = aspect_problem(*image.size)
+        if problem:
+            raise ValueError(problem)
+        if image.format == "JPEG" and min(image.size) > 2 * min_size:
+            image.draft("RGB", (min_size, min_size))
+        image.load()
     image = _upright(image)
     if image.mode.startswith("I;16") or image.mode == "I":
         image = _to_8bit(image)

@@ -59,6 +59,10 @@ def add_images(
         raise InputError(f"unknown split {split!r}; valid: {', '.join(s.value for s in Split)}")
     if not paths:
         raise InputError("no paths given; pass image files or folders, e.g. `alkit add ./images`")
+    missing = [str(path) for path in paths if not os.path.exists(path)]
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise InputError(f"{len(missing)} given path(s) do not exist: {shown}; nothing was added")
     found = find_image_files(paths, recursive=recursive)
     result = AddResult(split=split, ignored=found.ignored)
     # Paths that vanished are only reported; files that exist but cannot be read are recorded.
