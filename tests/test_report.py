@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 from datetime import timedelta
 
 import numpy as np
@@ -124,28 +122,11 @@ def test_report_without_rounds_or_evaluations_says_what_to_run(cli, make_images,
 def test_report_renders_in_headless_chromium(cli, two_round_project, tmp_path):
     """Chromium loads the page: every <img> decoded (naturalWidth > 0), every section there,
     and the screenshot is not blank."""
-    from PIL import Image
+    from browser import probe_static_page, screenshot_std
 
     assert cli("report", "--out", tmp_path / "out").exit_code == 0
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert browser, "chromium not found: apt-get install chromium (.ci/run does)"
-    page = (tmp_path / "out" / "report.html").read_text()
-    probe = ("<script>window.addEventListener('load', () => { const imgs = [...document.images];"
-             "document.body.dataset.images = imgs.length;"
-             "document.body.dataset.broken = imgs.filter(i => !(i.complete && i.naturalWidth > 0)).length;"
-             "document.body.dataset.sections = [...document.querySelectorAll('section')].map(s => s.id).join(','); });"
-             "</script></body>")
-    probed = tmp_path / "probed.html"
-    probed.write_text(page.replace("</body>", probe))
-    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run([*flags, "--virtual-time-budget=5000", "--dump-dom", probed.as_uri()], capture_output=True,
-                         text=True, timeout=120).stdout
-    images = int(re.search(r'data-images="(\d+)"', dom).group(1))
-    assert images == page.count("<img ") and images >= 8 + 6  # thumbnails and figures
-    assert re.search(r'data-broken="(\d+)"', dom).group(1) == "0"
-    assert re.search(r'data-sections="([^"]*)"', dom).group(1).split(",") == SECTIONS
-    shot = tmp_path / "report.png"
-    subprocess.run([*flags, "--window-size=1100,1600", f"--screenshot={shot}", (tmp_path / "out" / "report.html").as_uri()],
-                   capture_output=True, timeout=120)
-    assert np.asarray(Image.open(shot).convert("L")).std() > 10
+    page = tmp_path / "out" / "report.html"
+    seen = probe_static_page(page, tmp_path)
+    assert seen["images"] == page.read_text().count("<img ") and seen["images"] >= 8 + 6  # thumbnails and figures
+    assert seen["broken"] == 0 and seen["sections"] == SECTIONS
+    assert screenshot_std(page.as_uri(), tmp_path) > 10
