@@ -28,7 +28,9 @@ def embed(
     from_file: Optional[Path] = typer.Option(
         None, "--from", help="Import embeddings from an .npz with `paths`, `embeddings` (N x D) [, `text_embeddings`]."
     ),
-    name: Optional[str] = typer.Option(None, "--name", help="Name of the imported embedding space (with --from)."),
+    name: Optional[str] = typer.Option(
+        None, "--name", help="Name of the imported embedding space (with --from) [default: the file's stem]."
+    ),
     engine: str = typer.Option("local", "--engine", help="local (this process) or ray (Ray Data actor pool; --workers actors)."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (--engine ray; default: RAY_ADDRESS or a local Ray)."),
     num_gpus_per_worker: float = typer.Option(0.0, "--num-gpus-per-worker", help="GPUs per Ray actor (--engine ray); > 0 embeds on cuda."),
@@ -38,7 +40,13 @@ def embed(
 ) -> None:
     """Embed every registered image without vectors for the model (resumable; kill-safe)."""
     if from_file is not None:
-        _import(ctx, from_file, name, shard_rows, progress, json_output)
+        model_flags = dict(model=model, pretrained=pretrained, batch_size=batch_size, workers=workers, device=device,
+                           precision=precision, address=address)
+        given = [f"--{key.replace('_', '-')}" for key, value in model_flags.items() if value is not None]
+        given += ["--engine"] * (engine != "local") + ["--num-gpus-per-worker"] * bool(num_gpus_per_worker)
+        if given:
+            raise typer.BadParameter(f"{', '.join(given)} do not apply with --from (imported vectors are not computed)")
+        _import(ctx, from_file, from_file.stem if name is None else name, shard_rows, progress, json_output)
         return
     if name is not None:
         raise typer.BadParameter("--name only applies with --from FILE.npz")
@@ -76,8 +84,8 @@ def _import(ctx: typer.Context, from_file: Path, name: Optional[str], shard_rows
     from alkit.errors import InputError
     from alkit.workflows.embed import import_embeddings
 
-    if not name:
-        raise InputError("--from needs --name NAME for the imported embedding space")
+    if not name.strip():
+        raise InputError("--name must not be empty; it names the imported embedding space")
     result = import_embeddings(ctx.obj.project(), from_file, name, shard_rows=shard_rows, show_progress=progress)
     if json_output:
         emit_json(result.as_json())

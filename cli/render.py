@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from datetime import date, datetime
 from pathlib import Path
@@ -16,20 +17,37 @@ def _default(value: Any) -> Any:
         return value.isoformat()
     if isinstance(value, Path):
         return str(value)
-    if hasattr(value, "item"):  # numpy scalars
-        return value.item()
-    if hasattr(value, "tolist"):
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
         return value.tolist()
+    if hasattr(value, "item"):
+        return value.item()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+def jsonable(value: Any) -> Any:
+    """Plain JSON values; non-finite floats become null, so the output is strict JSON (no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, dict):
+        return {str(key): jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [jsonable(item) for item in value]
+    return jsonable(_default(value))
+
+
+def _dumps(payload: Any) -> str:
+    return json.dumps(jsonable(payload), ensure_ascii=False, allow_nan=False)
+
+
 def emit_json(payload: Any) -> None:
-    typer.echo(json.dumps(payload, default=_default, ensure_ascii=False))
+    typer.echo(_dumps(payload))
 
 
 def emit_json_lines(rows: Iterable[Any]) -> None:
     for row in rows:
-        typer.echo(json.dumps(row, default=_default, ensure_ascii=False))
+        typer.echo(_dumps(row))
 
 
 def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:

@@ -149,7 +149,7 @@ def test_imported_embeddings_round_trip(cli, make_images, tmp_path):
         ("unknown_path", "neither registered nor existing files"),
         ("dims", "holds 8-dim vectors"),
         ("text_dims", "text_embeddings` must be (K, D)"),
-        ("no_name", "--name"),
+        ("empty_name", "--name must not be empty"),
         ("shape", "must be (N, D)"),
     ],
 )
@@ -169,7 +169,7 @@ def test_import_refusals(cli, make_images, tmp_path, case, message):
         file = _npz(tmp_path / "bad.npz", images, rng.normal(size=(2, 8)))
     else:
         file = good
-    args = ["embed", "--from", str(file)] + ([] if case == "no_name" else ["--name", "n"])
+    args = ["embed", "--from", str(file), "--name", "" if case == "empty_name" else "n"]
     result = cli(*args)
     assert result.exit_code == 4, result.output
     assert message in result.stderr and result.stderr.count("\n") == 1

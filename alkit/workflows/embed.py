@@ -653,30 +653,72 @@ class ImportResult:
         return {k: getattr(self, k) for k in ("spec_id", "spec_name", "dim", "rows_in_file", "registered", "embedded", "already_embedded", "skipped", "text_features")}
 
 
+MIN_VECTOR_NORM = 1e-6  # rows shorter than this have no direction to normalise (zero or near-zero vectors)
+
+
 def _read_npz(path: Path) -> tuple[list[str], np.ndarray, np.ndarray | None]:
+    """Read and validate the whole file before anything is stored (an import is all-or-nothing)."""
+    hint = "save it with numpy.savez(FILE.npz, paths=..., embeddings=...)"
+    if not path.is_file():
+        raise InputError(f"{path} does not exist or is not a file; {hint}")
     try:
-        with np.load(path, allow_pickle=False) as data:
+        loaded = np.load(path, allow_pickle=False)
+    except Exception as error:  # OSError, ValueError, EOFError, zipfile.BadZipFile...
+        raise InputError(f"cannot read {path} as .npz ({_one_line(error)}); {hint}") from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise InputError(f"{path} holds a single array (a .npy file), not an .npz archive; {hint}")
+    try:
+        with loaded as data:
             contents = {key: data[key] for key in data.files}
-    except (OSError, ValueError) as error:
-        raise InputError(f"cannot read {path} as .npz: {error}; save it with numpy.savez(paths=..., embeddings=...)") from None
+    except Exception as error:  # a truncated member, or an object array needing pickle
+        raise InputError(f"cannot read {path} as .npz ({_one_line(error)}); the file is truncated or not plain arrays; {hint}") from None
     missing = {"paths", "embeddings"} - set(contents)
     if missing:
         raise InputError(f"{path} lacks {', '.join(sorted(missing))}; it must hold `paths` (N,) and `embeddings` (N, D)")
     paths, vectors = contents["paths"], contents["embeddings"]
     if paths.ndim != 1 or paths.dtype.kind not in "US":
         raise InputError(f"{path}: `paths` must be a 1-D array of strings, got shape {paths.shape} dtype {paths.dtype}")
-    if vectors.ndim != 2 or vectors.dtype.kind not in "fiu" or len(vectors) != len(paths) or vectors.shape[1] < 1:
+    if vectors.ndim != 2 or len(vectors) != len(paths) or vectors.shape[1] < 1:
         raise InputError(
             f"{path}: `embeddings` must be (N, D) numbers with N = len(paths) = {len(paths)}, got shape {vectors.shape}"
         )
-    if not np.isfinite(vectors).all():
-        raise InputError(f"{path}: `embeddings` holds NaN or inf in {int((~np.isfinite(vectors)).any(axis=1).sum())} rows; fix them")
+    vectors = _finite_rows(path, "embeddings", vectors)
     text = contents.get("text_embeddings")
-    if text is not None and (text.ndim != 2 or text.shape[1] != vectors.shape[1]):
+    if text is not None:
+        if text.ndim != 2 or text.shape[1] != vectors.shape[1]:
+            raise InputError(
+                f"{path}: `text_embeddings` must be (K, D) with D = {vectors.shape[1]} like `embeddings`, got shape {text.shape}"
+            )
+        text = _finite_rows(path, "text_embeddings", text)
+    return [str(p) for p in paths.tolist()], vectors, text
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {text}"[:200]
+
+
+def _finite_rows(path: Path, key: str, array: np.ndarray) -> np.ndarray:
+    """float32 rows that are finite and not (near) zero, checked after the cast: float64 1e300
+    is finite but becomes inf in float32. Unit rows in float16 storage are then always finite."""
+    if array.dtype.kind not in "fiu":
+        raise InputError(f"{path}: `{key}` must hold numbers, got dtype {array.dtype}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        cast = array.astype(np.float32)
+    bad = ~np.isfinite(cast).all(axis=1)
+    if bad.any():
         raise InputError(
-            f"{path}: `text_embeddings` must be (K, D) with D = {vectors.shape[1]} like `embeddings`, got shape {text.shape}"
+            f"{path}: `{key}` has {int(bad.sum())} rows with NaN, inf or values beyond float32 (first: row "
+            f"{int(np.flatnonzero(bad)[0])}); fix them, nothing was imported"
         )
-    return [str(p) for p in paths.tolist()], vectors.astype(np.float32), text
+    norms = np.linalg.norm(cast.astype(np.float64), axis=1)
+    short = norms < MIN_VECTOR_NORM
+    if short.any():
+        raise InputError(
+            f"{path}: `{key}` has {int(short.sum())} zero or near-zero rows (norm < {MIN_VECTOR_NORM:g}; first: row "
+            f"{int(np.flatnonzero(short)[0])}); they have no direction, nothing was imported"
+        )
+    return (cast.astype(np.float64) / norms[:, None]).astype(np.float32)
 
 
 def import_embeddings(project: Project, file: str | Path, name: str, shard_rows: int = SHARD_ROWS, show_progress: bool | None = None) -> ImportResult:
@@ -721,7 +763,6 @@ def import_embeddings(project: Project, file: str | Path, name: str, shard_rows:
             if existing is not None and existing.dim != dim:
                 raise InputError(f"imported spec {name!r} holds {existing.dim}-dim vectors but {file} has {dim}; use another --name")
             row = ensure_spec(connection, key, IMPORTED_KIND, name, {"source": str(file.resolve()), "dim": dim, "storage_dtype": "float16"}, dim, None)
-            set_current(connection, row.id)
             collect_garbage(connection, row.id, directory)
         result = ImportResult(row.id, row.name, dim, len(paths))
         if new:
@@ -750,4 +791,6 @@ def import_embeddings(project: Project, file: str | Path, name: str, shard_rows:
             path = text_features_path(project, key, classes_key_)
             save_tensors(path, {"text_emb": _normalise(text.astype(np.float32))}, metadata={"classes_key": classes_key_})
             result.text_features = str(path)
+        with project.engine.begin() as connection:  # current only once every vector is stored
+            set_current(connection, row.id)
     return result
