@@ -100,6 +100,9 @@ def init_project(directory: Path, db: str | None = None, environ: Mapping[str, s
     project = Project(directory=directory, settings=load_settings(directory, {}, environ))
     applied = project.ensure_schema()
     from alkit.storage.db import resolve_db_url
+    from alkit.storage.identity import project_uuid
+
+    project_uuid(project.engine)  # recorded once: Label Studio tasks carry it
 
     return InitResult(
         directory=directory,

@@ -49,6 +49,12 @@ SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec("ls_project_id", int, None, "Label Studio project id", optional=True),
     SettingSpec("ls_local_files_root", str, None, "server's LOCAL_FILES_DOCUMENT_ROOT", optional=True),
     SettingSpec("ls_image_url_prefix", str, None, "URL prefix that serves the images over HTTP", optional=True),
+    SettingSpec("ls_pre_annotate", bool, True, "send the model's predicted class with each task (pre-selected in Label Studio)"),
+    SettingSpec("ls_max_skips", int, 2, "an image skipped this many times in Label Studio is excluded from selection (0: never)"),
+    SettingSpec(
+        "ls_round_max_age_hours", float, None,
+        "`alkit sync` closes pushed rounds older than this; their waiting images go back to the pool", optional=True,
+    ),
 )
 SPECS_BY_NAME = {spec.name: spec for spec in SETTINGS}
 

@@ -1,4 +1,4 @@
-"""Label Studio commands: `alkit ls connect|serve-webhook`, `alkit push`, `alkit pull`, `alkit sync`.
+"""Label Studio commands: `alkit ls connect|serve-webhook|serve-backend`, `alkit push`, `alkit pull`, `alkit sync`.
 
 The token comes only from `--token` or `ALKIT_LS_TOKEN` and is never written or printed.
 """
@@ -11,7 +11,7 @@ import typer
 
 from alkit_cli.render import emit_json, note
 
-app = typer.Typer(help="Connect to Label Studio and receive its webhooks.", no_args_is_help=True)
+app = typer.Typer(help="Connect to Label Studio, receive its webhooks, serve alkit as its ML backend.", no_args_is_help=True)
 
 TOKEN_HELP = "Label Studio Access Token (default: the ALKIT_LS_TOKEN variable); never stored. Prefer the variable: flags show up in `ps`."
 POLICY_HELP = "How several annotations of one task become labels: majority, unanimous or latest."
@@ -27,17 +27,23 @@ def connect(
         None, "--local-files-root", help="The server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT: images are served from it."
     ),
     image_url_prefix: Optional[str] = typer.Option(None, "--image-url-prefix", help="URL prefix that already serves the images over HTTP."),
+    adopt: bool = typer.Option(
+        False, "--adopt", help="Connect even if the project holds tasks of another alkit project (they are never pulled)."
+    ),
+    write_config: bool = typer.Option(
+        False, "--write-config", help="Overwrite the existing project's labeling config with alkit's (from the class list)."
+    ),
     token: Optional[str] = typer.Option(None, "--token", help=TOKEN_HELP),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Check URL and token, create or check the project, store url and project id in alkit.toml."""
+    """Check URL, token, images and labeling config; create or check the project; store url and project id in alkit.toml."""
     from alkit.labelstudio.client import LabelStudioClient
     from alkit.settings import label_studio_token
     from alkit.workflows.labelstudio import connect as connect_project
 
     project = ctx.obj.project()
     client = LabelStudioClient(url, label_studio_token(token))
-    result = connect_project(project, client, project_id, create, local_files_root, image_url_prefix)
+    result = connect_project(project, client, project_id, create, local_files_root, image_url_prefix, adopt, write_config)
     if json_output:
         emit_json(result.as_json())
         return
@@ -45,6 +51,10 @@ def connect(
     typer.echo(f"{verb} Label Studio project {result.project_id} at {result.url} as {result.user}; saved in alkit.toml")
     for path in result.storages_created:
         typer.echo(f"local-files storage created for {path}")
+    if result.config_written:
+        typer.echo("labeling config overwritten with alkit's class list")
+    if result.adopted_foreign_tasks:
+        note(f"{result.adopted_foreign_tasks} tasks of another alkit project stay in it; they are never pulled")
     note("the token was not stored: keep ALKIT_LS_TOKEN set for push, pull and sync")
 
 
@@ -85,9 +95,63 @@ def serve_webhook(
         server.server_close()
 
 
+@app.command("serve-backend")
+def serve_backend(
+    ctx: typer.Context,
+    port: int = typer.Option(9090, "--port", help="Port to listen on (Label Studio's ML backend URL points here)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (0.0.0.0 to reach it from another machine)."),
+    user: Optional[str] = typer.Option(
+        None, "--user", envvar="ALKIT_BACKEND_USER", show_envvar=True,
+        help="Basic-auth user name Label Studio must send (Model settings: Authentication method 'Basic Auth').",
+    ),
+    password: Optional[str] = typer.Option(
+        None, "--password", envvar="ALKIT_BACKEND_PASSWORD", show_envvar=True,
+        help="Basic-auth password (prefer the variable: flags show up in `ps`).",
+    ),
+    refit: bool = typer.Option(True, "--refit/--no-refit", help="Refit the posterior after annotation events bring new labels."),
+    debounce: float = typer.Option(2.0, "--debounce", help="Seconds to gather annotation events into one pull/refit."),
+    token: Optional[str] = typer.Option(None, "--token", help=TOKEN_HELP),
+) -> None:
+    """Serve alkit as a Label Studio ML backend: /health, /setup, /predict (posterior prediction +
+    acquisition score), /webhook (annotation events -> pull -> refit, debounced, one at a time)."""
+    from alkit.errors import InputError, LockedError
+    from alkit.locking import project_lock
+    from alkit.workflows.labelstudio import PullTrigger, client_for, make_backend_server, pull_annotations
+
+    if bool(user) != bool(password):
+        raise InputError("pass both --user and --password (or ALKIT_BACKEND_USER and ALKIT_BACKEND_PASSWORD), or neither")
+    project = ctx.obj.project()
+    client = client_for(project, token)
+
+    def pull_then_refit() -> None:
+        from alkit.workflows.sync import default_refit
+
+        try:
+            with project_lock(project, "labelstudio"):
+                result = pull_annotations(project, client)
+                note(f"pulled: {result.new_labels} label changes, {result.images_labeled} images labelled")
+                if refit and result.new_labels:
+                    default_refit(project)
+                    note("refitted the posterior")
+        except LockedError:
+            note("pull skipped: another alkit process holds the lock (the labels-pending mark stays for it)")
+
+    server = make_backend_server(project, host, port, PullTrigger(pull_then_refit, debounce_s=debounce), auth=(user, password) if user else None)
+    auth_note = "basic auth required" if user else "no authentication: bind to 127.0.0.1 or set --user/--password"
+    note(f"alkit ML backend on http://{host}:{server.server_address[1]} ({auth_note}); Ctrl-C stops")
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+
+
 def push(
     ctx: typer.Context,
     round_id: Optional[int] = typer.Option(None, "--round", help="Round to push [default: the newest open round]."),
+    pre_annotate: Optional[bool] = typer.Option(
+        None, "--pre-annotate/--no-pre-annotate",
+        help="Send the predicted class as a pre-selected prediction [default: the ls_pre_annotate setting, true].",
+    ),
     wait: bool = typer.Option(False, "--wait", help="Wait for another push/pull/sync instead of failing."),
     token: Optional[str] = typer.Option(None, "--token", help=TOKEN_HELP),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -99,15 +163,11 @@ def push(
     project = ctx.obj.project()
     client = client_for(project, token)
     with project_lock(project, "labelstudio", wait=wait):
-        result = push_round(project, client, round_id)
+        result = push_round(project, client, round_id, pre_annotate=pre_annotate)
     if json_output:
         emit_json(result.as_json())
         return
-    typer.echo(
-        f"round {result.round_id}: {result.items} items -> Label Studio project {result.ls_project_id}: "
-        f"{result.imported} imported ({result.with_prediction} with predictions), {result.recovered} recovered "
-        f"from an interrupted push, {result.already_recorded} already there"
-    )
+    typer.echo(result.message)
 
 
 def pull(
@@ -145,9 +205,17 @@ def pull(
             "fix them in Label Studio or add the class with `alkit classes set`"
         )
     if result.unknown_tasks:
-        note(f"{result.unknown_tasks} annotated tasks were not pushed by alkit (no alkit_id); ignored")
+        note(f"{result.unknown_tasks} annotated tasks were not pushed by this alkit project; ignored")
+    if result.foreign_tasks:
+        note(f"{result.foreign_tasks} tasks belong to another alkit project; ignored")
+    if result.skipped_items:
+        typer.echo(f"{len(result.skipped_items)} skipped tasks: their images left the round (back to the pool)")
+    if result.excluded:
+        typer.echo(f"{len(result.excluded)} images skipped too often: excluded from selection")
+    if result.deleted_items:
+        typer.echo(f"{len(result.deleted_items)} tasks deleted in Label Studio: their images are back in the pool")
     if result.rounds_closed:
-        typer.echo(f"rounds fully labelled: {', '.join(map(str, result.rounds_closed))}")
+        typer.echo(f"rounds complete: {', '.join(map(str, result.rounds_closed))}")
 
 
 def sync(

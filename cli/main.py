@@ -100,6 +100,9 @@ def _register_commands() -> None:
     eval_cmd.register(app)
     index_cmd.register(app)
     ls_cmd.register(app)  # ls connect/serve-webhook, push, pull, sync
+    from alkit_cli import rounds_cmd
+
+    rounds_cmd.register(app)  # rounds, rounds close
     demo_cmd.register(app)
     report_cmd.register(app)
 

@@ -382,6 +382,10 @@ class FakeLabelStudio:
             return json.dumps({"id": 1, "email": "admin@example.com", "username": "admin"}).encode()
         if "/export" in path:
             return json.dumps(self.export).encode()
+        if path.split("?")[0].rstrip("/").startswith("/api/projects/") and path.split("?")[0].rstrip("/").split("/")[-1].isdigit():
+            from alkit.labelstudio.config import label_config
+
+            return json.dumps({"id": 7, "title": "fake", "label_config": label_config(["cat", "dog"])}).encode()
         return b"{}"
 
     def close(self) -> None:

@@ -62,6 +62,13 @@ def fake_project(tmp_path, make_images):
     project = open_project(directory)
     add_images(project, [str(p) for p in make_images(3)], show_progress=False)
     set_classes(project, ["cat", "dog"])
+    from alkit.storage.db import utcnow
+    from alkit.storage.schema import ls_tasks
+
+    with project.engine.begin() as connection:  # pushed: keyless tasks count only when alkit recorded them
+        connection.execute(ls_tasks.insert(), [
+            {"image_id": i, "ls_project_id": 7, "task_id": 100 + i, "round_id": None, "pushed_at": utcnow()} for i in (1, 2, 3)
+        ])
 
     def point_at(url: str):
         write_config_file(directory, {"ls_url": url, "ls_project_id": 7})

@@ -51,6 +51,7 @@ def test_push_with_predictions_then_idempotent_repush(ls, token_env, cli, make_i
     assert pushed == {
         "round_id": round_id, "ls_project_id": pid, "items": 6, "already_recorded": 0, "recovered": 0,
         "imported": 6, "with_prediction": 6, "storages_created": [],  # `ls connect` made it
+        "pre_annotate": True, "message": pushed["message"],
     }
     client = ls.client()
     (storage,) = client.import_storage.local.list(project=pid)  # the image folder under the document root
@@ -77,8 +78,10 @@ def test_push_with_predictions_then_idempotent_repush(ls, token_env, cli, make_i
     assert rows(project, sa.select(rounds.c.status))[0][0] == "pushed"
     statuses = dict(rows(project, sa.select(images.c.status, sa.func.count()).group_by(images.c.status)))
     assert statuses == {"pushed": 6, "registered": 2}
-    nothing = cli("push")
-    assert nothing.exit_code == 5 and "no open selection round" in nothing.output
+    nothing = cli("push", "--json")  # every round pushed: an outcome, not an error
+    assert nothing.exit_code == 0, nothing.output
+    assert json.loads(nothing.output)["round_id"] is None and "already pushed" in json.loads(nothing.output)["message"]
+    assert len(project_tasks(client, pid)) == 6
 
 
 def test_pull_maps_annotations_to_labels_incrementally(ls, token_env, cli, make_images):
@@ -111,7 +114,9 @@ def test_pull_maps_annotations_to_labels_incrementally(ls, token_env, cli, make_
     assert {r.image_id for r in stored} == {ids[0], ids[1], ids[4]} and {r.source for r in stored} == {"labelstudio"}
     assert str(cat_annotation) in {r.external_id for r in stored}
     status = dict(rows(project, sa.select(images.c.id, images.c.status)))
-    assert [status[i] for i in ids] == ["labeled", "labeled", "pushed", "pushed", "labeled", "pushed"]
+    # The skipped task's image left the round, back to the pool (no embeddings here: `registered`).
+    assert [status[i] for i in ids] == ["labeled", "labeled", "registered", "pushed", "labeled", "pushed"]
+    assert pulled["skipped_items"] == [ids[2]] and pulled["deleted_items"] == [] and pulled["excluded"] == []
 
     # Nothing new: an incremental pull changes nothing.
     quiet = json.loads(cli("pull", "--json").output)

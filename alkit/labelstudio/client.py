@@ -4,7 +4,7 @@ Every call goes through `_call`: connection errors and 5xx answers are retried w
 exponential backoff; 401/403 (bad token), 404 (missing project, JSON or HTML body) and the
 rest become one-line `ExternalServiceError`s that never contain the token. Task import is
 retried only when the request never reached the server, so a retry cannot duplicate
-tasks (the push workflow reconciles by `data.alkit_id` anyway). The SDK (which imports
+tasks (the push workflow reconciles by `data.alkit_key` anyway). The SDK (which imports
 pandas) is imported on first use, never at `alkit --help`.
 """
 
@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from alkit.errors import ExternalServiceError
-from alkit.labelstudio.config import DATA_ID_KEY
+from alkit.labelstudio.config import DATA_TASK_KEY
 
-LOOKUP_CHUNK = 200  # alkit ids per regex filter when looking up existing tasks
+LOOKUP_CHUNK = 50  # task keys (~100 characters each) per regex filter when looking up existing tasks
 PAGE_SIZE = 500
 
 
@@ -107,7 +107,8 @@ class LabelStudioClient:
             elif status == 404:
                 message = (
                     f"Label Studio at {self.url}: not found while trying to {what} ({reason}); check ls_project_id "
-                    "in alkit.toml or run `alkit ls connect --project-id ID` / `--create TITLE`"
+                    f"in alkit.toml or run `alkit ls connect --url {self.url} --project-id ID` "
+                    f"(or `alkit ls connect --url {self.url} --create TITLE`)"
                 )
             elif status >= 500:
                 message = (
@@ -195,26 +196,51 @@ class LabelStudioClient:
             idempotent=False,
         )
 
-    def task_ids_by_alkit_id(self, project_id: int, alkit_ids: list[str]) -> dict[str, int]:
-        """Existing tasks of the project with one of `alkit_ids` in `data.alkit_id`.
-
-        With duplicates (possible only from pushes outside alkit), the lowest task id wins.
-        """
-        found: dict[str, int] = {}
-        for start in range(0, len(alkit_ids), LOOKUP_CHUNK):
-            chunk = alkit_ids[start : start + LOOKUP_CHUNK]
+    def tasks_by_key(self, project_id: int, keys: list[str]) -> dict[str, list[tuple[int, Any]]]:
+        """Existing tasks of the project whose `data.alkit_key` is one of `keys`:
+        key -> [(task id, data.alkit_round)], lowest task id first."""
+        found: dict[str, list[tuple[int, Any]]] = {}
+        for start in range(0, len(keys), LOOKUP_CHUNK):
+            chunk = keys[start : start + LOOKUP_CHUNK]
             pattern = "^(" + "|".join(re.escape(key) for key in chunk) + ")$"
             query = {
                 "filters": {
                     "conjunction": "and",
-                    "items": [{"filter": f"filter:tasks:data.{DATA_ID_KEY}", "operator": "regex", "type": "String", "value": pattern}],
+                    "items": [{"filter": f"filter:tasks:data.{DATA_TASK_KEY}", "operator": "regex", "type": "String", "value": pattern}],
                 }
             }
+            wanted = set(chunk)
             for task in self._pages(project_id, query, fields="task_only", include="id,data", what="look up pushed tasks"):
-                key = str((task.get("data") or {}).get(DATA_ID_KEY))
-                if key in chunk:
-                    found[key] = min(found.get(key, task["id"]), task["id"])
-        return found
+                key = (task.get("data") or {}).get(DATA_TASK_KEY)
+                if key in wanted:
+                    found.setdefault(key, []).append((task["id"], (task.get("data") or {}).get("alkit_round")))
+        return {key: sorted(tasks, key=lambda t: t[0]) for key, tasks in found.items()}
+
+    def task_data(self, project_id: int) -> Iterator[dict]:
+        """Every task of the project as {id, data} (no annotations), page by page."""
+        return self._pages(project_id, {}, fields="task_only", include="id,data", what="list tasks")
+
+    def task_ids(self, project_id: int) -> set[int]:
+        """The ids of every task of the project (to notice tasks deleted in Label Studio)."""
+        return {task["id"] for task in self._pages(project_id, {}, fields="task_only", include="id", what="list task ids")}
+
+    def delete_task(self, task_id: int) -> None:
+        self._call(f"delete task {task_id}", lambda: self._sdk.tasks.delete(id=str(task_id)))
+
+    def fetch_status(self, reference: str) -> tuple[int | None, str]:
+        """(HTTP status, reason) of GETting what a task's image points at, as Label Studio's
+        front end would: a server path (local files) with this client's token, a URL as is."""
+        import httpx
+
+        if reference.startswith("/"):
+            url, headers = self.url + reference, {"Authorization": f"Token {self._token}"}
+        else:
+            url, headers = reference, {}
+        try:
+            with httpx.stream("GET", url, headers=headers, timeout=self._timeout_s, follow_redirects=True) as response:
+                return response.status_code, response.reason_phrase
+        except httpx.HTTPError as error:
+            return None, self._scrub(f"{type(error).__name__}: {error}")
 
     def import_tasks(self, project_id: int, tasks: list[dict]) -> list[int]:
         """One bulk import; returns the new task ids in input order."""
@@ -227,7 +253,7 @@ class LabelStudioClient:
         if len(ids) != len(tasks):
             raise ExternalServiceError(
                 f"Label Studio returned {len(ids)} task ids for {len(tasks)} imported tasks; rerun `alkit push` "
-                "(it finds tasks already created by their alkit_id)"
+                "(it finds tasks already created by their alkit_key)"
             )
         return ids
 

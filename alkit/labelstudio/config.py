@@ -11,6 +11,8 @@ from alkit.errors import ConfigError, InputError
 
 DATA_IMAGE_KEY = "image"  # task.data key the <Image> tag reads
 DATA_ID_KEY = "alkit_id"  # task.data key holding the stable alkit image id
+DATA_PROJECT_KEY = "alkit_project"  # task.data key: the alkit project's UUID (tasks of other projects are ignored)
+DATA_TASK_KEY = "alkit_key"  # task.data key: "<project uuid>:<image content hash>", what push/pull/recover match on
 FROM_NAME = "label"  # <Choices name=...>; every annotation result alkit reads has this from_name
 TO_NAME = "image"
 LOCAL_FILES_PREFIX = "/data/local-files/?d="
@@ -75,3 +77,36 @@ def storage_directories(paths: list[str], local_files_root: str) -> list[str]:
             )
         tops.add(os.path.join(os.path.realpath(local_files_root), parts[0]))
     return sorted(tops)
+
+
+def config_differences(label_config_xml: str, class_names: list[str]) -> list[str]:
+    """How a project's labeling config differs from what alkit reads and writes (empty: it matches).
+
+    alkit needs a `<Choices name="label">` whose choices are exactly the class list: a renamed
+    control makes every annotation look empty, an extra choice gives annotations alkit cannot
+    store, a missing one means a class nobody can pick. Each difference is one short sentence.
+    """
+    import xml.etree.ElementTree as ElementTree
+
+    try:
+        root = ElementTree.fromstring(label_config_xml or "")
+    except ElementTree.ParseError as error:
+        return [f"the labeling config is not valid XML ({error})"]
+    controls = [element for element in root.iter() if element.tag == "Choices"]
+    names = [str(element.get("name")) for element in controls]
+    ours = [element for element in controls if element.get("name") == FROM_NAME]
+    if not ours:
+        if names:
+            return [
+                f"the Choices control is named {', '.join(repr(n) for n in names)} in Label Studio, alkit reads {FROM_NAME!r}"
+            ]
+        return [f"the labeling config has no <Choices name={FROM_NAME!r}> control"]
+    values = [str(choice.get("value")) for choice in ours[0].iter() if choice.tag == "Choice"]
+    differences = []
+    extra = [value for value in values if value not in set(class_names)]
+    missing = [name for name in class_names if name not in set(values)]
+    if extra:
+        differences.append(f"choices in Label Studio but not alkit classes: {', '.join(repr(v) for v in extra)}")
+    if missing:
+        differences.append(f"alkit classes missing from the Label Studio choices: {', '.join(repr(n) for n in missing)}")
+    return differences

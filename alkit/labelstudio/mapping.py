@@ -1,7 +1,9 @@
 """Pure mapping between alkit rows and Label Studio tasks/annotations (no I/O).
 
-Tasks carry `data.alkit_id` (the image id as a string), the image reference and an
-optional prediction. Annotations become votes; a policy turns the votes of one task into
+Tasks carry `data.alkit_key` ("<project uuid>:<content hash>", what push, pull and recovery
+match on), `data.alkit_project`, `data.alkit_id` (the image id, for people), the image
+reference, the acquisition facts (score, rank, round, strategy, posterior version: columns
+the data manager can show, sort and filter) and optionally a prediction. Annotations become votes; a policy turns the votes of one task into
 the labels alkit stores (one per annotator, source `labelstudio`), conflicts (unknown or
 malformed choices, never stored as labels) and a disagreement report.
 """
@@ -14,7 +16,7 @@ from enum import StrEnum
 from typing import Any, Iterable, Mapping
 
 from alkit.errors import InputError
-from alkit.labelstudio.config import DATA_ID_KEY, DATA_IMAGE_KEY, FROM_NAME, TO_NAME
+from alkit.labelstudio.config import DATA_ID_KEY, DATA_IMAGE_KEY, DATA_PROJECT_KEY, DATA_TASK_KEY, FROM_NAME, TO_NAME
 
 
 class VotePolicy(StrEnum):
@@ -63,9 +65,48 @@ def prediction_of(components: Mapping[str, Any] | None, class_names: Iterable[st
     return predicted, score
 
 
-def build_task(image_id: int, image_ref: str, prediction: tuple[str, float | None] | None, model_version: str) -> dict:
-    """One task for `import_tasks`: the stable key and image in `data`, the prediction if any."""
-    task: dict[str, Any] = {"data": {DATA_IMAGE_KEY: image_ref, DATA_ID_KEY: alkit_id(image_id)}}
+def task_key(project_uuid: str, content_hash: str | None, image_id: int) -> str:
+    """The task key unique to one alkit project and one image content (id fallback without a hash)."""
+    return f"{project_uuid}:{content_hash or f'id-{int(image_id)}'}"
+
+
+def split_task_key(data: Mapping[str, Any] | None) -> tuple[str, str] | None:
+    """(project uuid, image part) of a task's key; None for tasks without one (not alkit's, or legacy)."""
+    raw = (data or {}).get(DATA_TASK_KEY)
+    if not isinstance(raw, str) or ":" not in raw:
+        return None
+    project_part, image_part = raw.split(":", 1)
+    return project_part, image_part
+
+
+def non_finite(value: Any) -> bool:
+    import math
+
+    return isinstance(value, float) and not math.isfinite(value)
+
+
+def build_task(
+    image_id: int,
+    image_ref: str,
+    prediction: tuple[str, float | None] | None,
+    model_version: str,
+    key: str | None = None,
+    facts: Mapping[str, Any] | None = None,
+) -> dict:
+    """One task for `import_tasks`: the key, image and acquisition facts in `data`, the prediction if any.
+
+    `facts` go into data as `alkit_<name>` (score, rank, round, strategy, posterior_version).
+    The prediction's `score` is the model's probability of the predicted class (its confidence),
+    not the acquisition score: an informative item can be a confident one.
+    """
+    data: dict[str, Any] = {DATA_IMAGE_KEY: image_ref, DATA_ID_KEY: alkit_id(image_id)}
+    if key is not None:
+        data[DATA_TASK_KEY] = key
+        data[DATA_PROJECT_KEY] = key.split(":", 1)[0]
+    for name, value in (facts or {}).items():
+        if value is not None:
+            data[f"alkit_{name}"] = value
+    task: dict[str, Any] = {"data": data}
     if prediction is not None:
         predicted, score = prediction
         entry: dict[str, Any] = {"model_version": model_version, "result": choice_result(predicted)}

@@ -132,6 +132,27 @@ def _m0002_embeddings_and_posteriors(op) -> None:
     op.add_column("rounds", sa.Column("posterior_version", sa.Integer, nullable=True))
 
 
+def _m0003_label_studio_rounds(op) -> None:
+    # Rounds that always finish: an item leaves its round (skipped, task deleted, closed by
+    # hand) with an outcome; a round records when and why it was closed; every such event of
+    # a Label Studio task is kept (skip counts, deleted tasks, requeues).
+    op.add_column("round_items", sa.Column("outcome", sa.String(16), nullable=True))
+    op.add_column("rounds", sa.Column("closed_at", sa.DateTime(timezone=True), nullable=True))
+    op.add_column("rounds", sa.Column("closed_reason", sa.Text, nullable=True))
+    op.create_table(
+        "ls_task_events",
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("image_id", sa.Integer, sa.ForeignKey("images.id", ondelete="CASCADE"), nullable=False),
+        sa.Column("round_id", sa.Integer, nullable=True),
+        sa.Column("ls_project_id", sa.Integer, nullable=True),
+        sa.Column("task_id", sa.BigInteger, nullable=True),
+        sa.Column("event", sa.String(16), nullable=False),
+        sa.Column("reason", sa.Text, nullable=True),
+        _now_column("created_at"),
+    )
+    op.create_index("ix_ls_task_events_image", "ls_task_events", ["image_id"])
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -142,6 +163,7 @@ class Migration:
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "foundation: images, classes, labels, rounds, Label Studio tasks", _m0001_foundation),
     Migration(2, "embedding specs, vector rows, posterior versions", _m0002_embeddings_and_posteriors),
+    Migration(3, "Label Studio: round item outcomes, round closing, task events", _m0003_label_studio_rounds),
 )
 HEAD = MIGRATIONS[-1].version
 

@@ -49,6 +49,15 @@ class Split(StrEnum):
     TEST = "test"
 
 
+class RoundItemOutcome(StrEnum):
+    """Why an item left its round before being labelled (None in `round_items.outcome`: still in it)."""
+
+    SKIPPED = "skipped"  # every annotation of its task was cancelled ("skipped") in Label Studio
+    DELETED = "deleted"  # its task was deleted in Label Studio
+    REQUEUED = "requeued"  # the round was closed by hand (or by age) with the item back in the pool
+    DROPPED = "dropped"  # the round was closed without requeue; the task stays in Label Studio
+
+
 class LabelSource(StrEnum):
     FILE = "file"
     LABEL_STUDIO = "labelstudio"
@@ -107,6 +116,8 @@ rounds = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("embedding_spec_id", Integer, nullable=True),
     Column("posterior_version", Integer, nullable=True),
+    Column("closed_at", DateTime(timezone=True), nullable=True),
+    Column("closed_reason", Text, nullable=True),
 )
 
 round_items = Table(
@@ -117,6 +128,7 @@ round_items = Table(
     Column("rank", Integer, nullable=False),
     Column("score", Float, nullable=True),
     Column("components", JSON, nullable=True),
+    Column("outcome", String(16), nullable=True),  # None: in the round; else why it left (see RoundItemOutcome)
 )
 Index("ix_round_items_image", round_items.c.image_id)
 
@@ -129,6 +141,20 @@ ls_tasks = Table(
     Column("round_id", Integer, ForeignKey("rounds.id"), nullable=True),
     Column("pushed_at", DateTime(timezone=True), nullable=False),
 )
+
+ls_task_events = Table(
+    "ls_task_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("image_id", Integer, ForeignKey("images.id", ondelete="CASCADE"), nullable=False),
+    Column("round_id", Integer, nullable=True),
+    Column("ls_project_id", Integer, nullable=True),
+    Column("task_id", BigInteger, nullable=True),
+    Column("event", String(16), nullable=False),  # "skipped" | "deleted" | "requeued" | "excluded"
+    Column("reason", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+Index("ix_ls_task_events_image", ls_task_events.c.image_id)
 
 state = Table(
     "state",

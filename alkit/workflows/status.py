@@ -41,7 +41,7 @@ def pool_status(project: Project) -> dict:
         "labeled_images": sum(per_class.values()),
         "labels_per_class": per_class,
         "rounds": len(round_rows),
-        "open_rounds": [row.id for row in round_rows if row.status == "open"],
+        "open_rounds": [row.id for row in round_rows if row.status in ("open", "pushed")],  # selected or waiting in Label Studio
         "embedding_specs": [
             {"id": row.id, "name": row.name, "kind": row.kind, "current": bool(row.is_current), "embedded": int(row[4])}
             for row in spec_rows
