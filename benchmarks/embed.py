@@ -92,7 +92,7 @@ def pipeline(model_name: str, paths: list[str], batch_size: int, workers: int, r
     shutil.rmtree(root, ignore_errors=True)
     init_project(root)
     add_images(open_project(root), paths, show_progress=False)
-    project = open_project(root, {"model": model_name, "batch_size": batch_size, "workers": workers, "device": "cpu"})
+    project = open_project(root, {"model": model_name, "pretrained": "none", "batch_size": batch_size, "workers": workers, "device": "cpu"})
     started = time.perf_counter()
     result = embed_images(project, show_progress=False, engine=engine)
     wall = time.perf_counter() - started

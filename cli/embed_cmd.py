@@ -10,16 +10,20 @@ import typer
 from alkit_cli.render import emit_json, note
 
 RANDOM_WARNING = (
-    "WARNING: no --pretrained weights: embedding with RANDOM weights (for tests only, the vectors mean "
-    "nothing); pass --pretrained TAG or --pretrained CHECKPOINT_FILE"
+    "WARNING: --pretrained none: embedding with RANDOM weights (for tests only, the vectors mean "
+    "nothing); pass --pretrained TAG or --pretrained CHECKPOINT_FILE for real vectors"
 )
 
 
 def embed(
     ctx: typer.Context,
-    model: Optional[str] = typer.Option(None, "--model", help="open_clip architecture, e.g. ViT-B-32 (setting: model)."),
+    model: Optional[str] = typer.Option(
+        None, "--model", help="open_clip architecture, e.g. ViT-B-32 (setting: model) [default: the project's model]."
+    ),
     pretrained: Optional[str] = typer.Option(
-        None, "--pretrained", help="Hub tag (e.g. laion2b_s34b_b79k) or local checkpoint file (setting: pretrained)."
+        None, "--pretrained",
+        help="Hub tag (e.g. laion2b_s34b_b79k), local checkpoint file, or `none` for random weights (tests only) "
+        "(setting: pretrained) [default: the project's model, recorded by the first embed].",
     ),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per forward pass (setting: batch_size)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Decoding worker processes; 0 decodes in-process."),
@@ -60,7 +64,7 @@ def embed(
 
     flags = dict(model=model, pretrained=pretrained, batch_size=batch_size, workers=workers, device=device, precision=precision)
     project = ctx.obj.project(**{k: v for k, v in flags.items() if v is not None})
-    if not project.settings.pretrained:
+    if (project.settings.pretrained or "").strip().lower() == "none":
         note(RANDOM_WARNING)
     result = embed_images(project, show_progress=progress, shard_rows=shard_rows, engine=engine, ray_address=address,
                           num_gpus_per_worker=num_gpus_per_worker)

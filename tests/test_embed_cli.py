@@ -8,7 +8,7 @@ import sqlalchemy as sa
 
 from alkit.embedding.tiny import TINY_VIT, register_config
 
-TINY_ARGS = ("--model", TINY_VIT, "--workers", "0", "--batch-size", "4", "--no-progress")
+TINY_ARGS = ("--model", TINY_VIT, "--pretrained", "none", "--workers", "0", "--batch-size", "4", "--no-progress")
 
 
 @pytest.fixture(autouse=True)

@@ -39,7 +39,7 @@ def tiny_model(tmp_path):
 
 
 def _project(project, **flags):
-    return open_project(project.directory, {"model": TINY_VIT, "workers": 0, "batch_size": 3, **flags})
+    return open_project(project.directory, {"model": TINY_VIT, "pretrained": "none", "workers": 0, "batch_size": 3, **flags})
 
 
 def test_checkpoint_round_trip_and_phi_reproduces_embedding(project, make_images, tiny_model):

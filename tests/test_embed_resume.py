@@ -48,7 +48,7 @@ def test_kill_9_then_resume(tmp_path, make_images):
     init_project(directory)
     project = open_project(directory)
     add_images(project, paths, show_progress=False)
-    args = ["--project", str(directory), "embed", "--model", TINY_VIT, "--workers", "0", "--batch-size", "2", "--shard-rows", "2", "--no-progress"]
+    args = ["--project", str(directory), "embed", "--model", TINY_VIT, "--pretrained", "none", "--workers", "0", "--batch-size", "2", "--shard-rows", "2", "--no-progress"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     process = subprocess.Popen([sys.executable, "-c", HARNESS, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120  # torch import alone can take 15 s on a loaded machine
@@ -60,7 +60,7 @@ def test_kill_9_then_resume(tmp_path, make_images):
     done_before = len(_rows(project))
     assert 6 <= done_before < N_IMAGES
 
-    resumed = embed_images(open_project(directory, {"model": TINY_VIT, "workers": 0, "batch_size": 2}), show_progress=False)
+    resumed = embed_images(open_project(directory, {"model": TINY_VIT, "pretrained": "none", "workers": 0, "batch_size": 2}), show_progress=False)
     assert resumed.embedded == N_IMAGES - done_before  # work already done is not redone
     rows = _rows(project)
     assert len(rows) == N_IMAGES and len({r[0] for r in rows}) == N_IMAGES  # exactly once
@@ -72,7 +72,7 @@ def test_kill_9_then_resume(tmp_path, make_images):
 
     clean_dir = tmp_path / "clean"
     init_project(clean_dir)
-    clean = open_project(clean_dir, {"model": TINY_VIT, "workers": 0, "batch_size": 16})
+    clean = open_project(clean_dir, {"model": TINY_VIT, "pretrained": "none", "workers": 0, "batch_size": 16})
     add_images(clean, paths, show_progress=False)
     clean_result = embed_images(clean, show_progress=False)
     for kind in ("embedding", "phi"):

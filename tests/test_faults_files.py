@@ -28,7 +28,7 @@ def embedded(tmp_path_factory):
     vanishing = write_tiny_pngs(base / "files" / "gone", 2, start_seed=500, size=(40, 30))
     directory = base / "project"
     init_project(directory)
-    project = open_project(directory, {"model": TINY_VIT, "workers": 0, "batch_size": 4})
+    project = open_project(directory, {"model": TINY_VIT, "pretrained": "none", "workers": 0, "batch_size": 4})
     added = add_images(project, [str(base / "files")], show_progress=False)
     for path in vanishing:
         path.unlink()

@@ -16,7 +16,7 @@ def embedded(cli, make_images):
     cli("init")
     cli("add", str(paths[0].parent))
     cli("classes", "set", "cat", "dog", "bird")
-    assert cli("embed", "--model", TINY_VIT, "--workers", "0", "--batch-size", "4", "--no-progress").exit_code == 0
+    assert cli("embed", "--model", TINY_VIT, "--pretrained", "none", "--workers", "0", "--batch-size", "4", "--no-progress").exit_code == 0
     return paths
 
 

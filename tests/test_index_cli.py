@@ -86,7 +86,7 @@ def test_text_query_through_a_tiny_open_clip_model(cli, make_images):
     cli("init")
     cli("add", str(paths[0].parent))
     cli("classes", "set", "cat", "dog")
-    assert cli("embed", "--model", TINY_VIT, "--workers", "0", "--batch-size", "4", "--no-progress").exit_code == 0
+    assert cli("embed", "--model", TINY_VIT, "--pretrained", "none", "--workers", "0", "--batch-size", "4", "--no-progress").exit_code == 0
     rows = [json.loads(l) for l in cli("similar", "--text", "a photo of a cat", "-k", "3", "--json").stdout.splitlines()]
     assert len(rows) == 3 and all(r["path"] for r in rows)
     scores = [r["score"] for r in rows]

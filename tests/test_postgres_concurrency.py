@@ -61,7 +61,7 @@ def test_concurrent_embed_workers_and_label_writer(pg_url, runner, tmp_path, mak
     add_images(project, paths, show_progress=False)
     assert runner.invoke(app, [*project_flag, "classes", "set", "a", "b"]).exit_code == 0
 
-    args = [*project_flag, "embed", "--model", TINY_VIT, "--workers", "0", "--batch-size", "2", "--shard-rows", "4",
+    args = [*project_flag, "embed", "--model", TINY_VIT, "--pretrained", "none", "--workers", "0", "--batch-size", "2", "--shard-rows", "4",
             "--no-progress", "--json"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     go = tmp_path / "go"
@@ -109,7 +109,7 @@ def test_concurrent_embed_workers_and_label_writer(pg_url, runner, tmp_path, mak
 
     clean_dir = tmp_path / "clean"
     init_project(clean_dir)
-    clean = open_project(clean_dir, {"model": TINY_VIT, "workers": 0, "batch_size": 16})
+    clean = open_project(clean_dir, {"model": TINY_VIT, "pretrained": "none", "workers": 0, "batch_size": 16})
     add_images(clean, paths, show_progress=False)
     clean_result = embed_images(clean, show_progress=False)
     ids_by_path = {p: i for i, p in enumerate(paths)}

@@ -69,7 +69,7 @@ def _project(root, paths, **settings):
 
     init_project(root)
     add_images(open_project(root), paths, show_progress=False)
-    return open_project(root, {"model": TINY_VIT, "workers": 2, "batch_size": 4, **settings})
+    return open_project(root, {"model": TINY_VIT, "pretrained": "none", "workers": 2, "batch_size": 4, **settings})
 
 
 def test_ray_engine_matches_local_and_survives_a_killed_actor(local_ray, tmp_path, make_images):
@@ -93,13 +93,13 @@ def test_ray_engine_matches_local_and_survives_a_killed_actor(local_ray, tmp_pat
     killed_dir = tmp_path / "killed"
     _project(killed_dir, paths)
     marker = tmp_path / "killed-once"
-    args = ["--project", str(killed_dir), "embed", "--engine", "ray", "--model", TINY_VIT, "--workers", "2",
+    args = ["--project", str(killed_dir), "embed", "--engine", "ray", "--model", TINY_VIT, "--pretrained", "none", "--workers", "2",
             "--batch-size", "2", "--shard-rows", "3", "--no-progress", "--json",
             "--address", ray.get_runtime_context().gcs_address]  # the test's cluster: no second Ray start
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "ALKIT_TEST_KILL_MARKER": str(marker)}
     run = subprocess.run([sys.executable, "-c", HARNESS, *args], env=env, capture_output=True, text=True, timeout=120)
     assert marker.exists(), run.stderr[-2000:]  # an actor did die
-    killed = open_project(killed_dir, {"model": TINY_VIT, "workers": 2, "batch_size": 4})
+    killed = open_project(killed_dir, {"model": TINY_VIT, "pretrained": "none", "workers": 2, "batch_size": 4})
     rerun = embed_images(killed, show_progress=False, engine="ray")
     rows = _rows(killed)
     assert len(rows) == len(paths) and len({r[0] for r in rows}) == len(paths)  # exactly once

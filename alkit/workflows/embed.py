@@ -156,6 +156,65 @@ def plan_spec(architecture: str, pretrained: str | None, seed: int) -> PlannedSp
     return PlannedSpec(architecture, weights, config, spec_key(OPEN_CLIP_KIND, architecture, weights.identity, config))
 
 
+RANDOM_WEIGHTS = "none"  # `--pretrained none`: seeded random weights, only when asked for by name
+NO_MODEL_HINT = (
+    "pass --model ARCH --pretrained TAG|CHECKPOINT (e.g. --model ViT-B-32 --pretrained laion2b_s34b_b79k); "
+    "the project then remembers it, so later a bare `alkit embed` reuses it (--pretrained none: random weights, tests only)"
+)
+
+
+def _recorded_model(project: Project) -> sa.Row | None:
+    """The project's model: the current spec when it came from open_clip (the last one embedded)."""
+    with project.engine.connect() as connection:
+        row = connection.execute(sa.select(embedding_specs).where(embedding_specs.c.is_current.is_(True))).first()
+    return row
+
+
+def choose_model(project: Project) -> PlannedSpec:
+    """The (architecture, weights) `alkit embed` uses, never a silent fallback:
+
+    - `pretrained` given (flag, ALKIT_PRETRAINED or alkit.toml): that tag or checkpoint with
+      `model`; the word `none` means seeded random weights, the only way to get them;
+    - otherwise the project's recorded model (its current open_clip spec), as long as a given
+      `model` names the same architecture; a checkpoint must still hash the same;
+    - otherwise an InputError naming --model/--pretrained.
+    """
+    settings = project.settings
+    sources = getattr(settings, "sources", {}) or {}
+    pretrained = settings.pretrained
+    model_given = sources.get("model", "default") != "default"
+    if model_given:
+        check_architecture(settings.model)  # an unknown name is reported as such first
+    if pretrained:
+        if pretrained.strip().lower() == RANDOM_WEIGHTS:
+            return plan_spec(settings.model, None, settings.seed)
+        return plan_spec(settings.model, pretrained, settings.seed)
+    recorded = _recorded_model(project)
+    if recorded is None or recorded.kind != OPEN_CLIP_KIND:
+        what = "no embedding model yet" if recorded is None else f"its current embedding space {recorded.name!r} was imported from a file"
+        raise InputError(f"{'--model ' + settings.model + ' without --pretrained' if model_given else 'no model given'} and the project has {what}; {NO_MODEL_HINT}")
+    architecture = recorded.spec["architecture"]
+    if model_given and settings.model != architecture:
+        raise InputError(
+            f"--model {settings.model} differs from the project's model {recorded.name!r} and no --pretrained was given; "
+            f"{NO_MODEL_HINT}"
+        )
+    check_architecture(architecture)  # registers bundled configs in this process
+    weights = WeightsSource.from_json(recorded.spec["weights"])
+    if weights.kind == "checkpoint":
+        path = Path(str(weights.value))
+        if not path.is_file():
+            raise IntegrityError(
+                f"checkpoint {path} of the project's model {recorded.name!r} is missing; restore it or pass --pretrained"
+            )
+        if file_hash(path) != weights.checkpoint_hash:
+            raise IntegrityError(
+                f"checkpoint {path} changed since the project's model {recorded.name!r} was recorded (hash differs); "
+                "restore it, or pass --pretrained PATH to embed with the new weights as a new spec"
+            )
+    return PlannedSpec(architecture, weights, recorded.spec.get("config") or {}, recorded.key)
+
+
 def _spec_json(planned: PlannedSpec, encoder, dim: int, phi_dim: int | None, text_phi_dim: int | None, device: str, precision: str) -> dict:
     import open_clip
 
@@ -545,9 +604,9 @@ def embed_images(
     ray_address: str | None = None,
     num_gpus_per_worker: float = 0.0,
 ) -> EmbedResult:
-    """Embed every non-rejected image without vectors for the spec given by the project
-    settings (model, pretrained, batch_size, workers, device, precision, seed), and make that
-    spec current. Safe to kill at any point and rerun.
+    """Embed every non-rejected image without vectors for the spec `choose_model` picks (the
+    settings' model/pretrained, or the project's recorded model), with the settings' batch_size,
+    workers, device, precision and seed, and make that spec current. Safe to kill at any point and rerun.
 
     On PostgreSQL several processes may run this at once on one project (each image is
     claimed by one of them); on SQLite a second one gets LockedError. `engine="ray"` runs
@@ -562,7 +621,7 @@ def embed_images(
         raise InputError(f"engine must be local or ray, got {engine!r}")
     if settings.batch_size < 1 or settings.workers < 0:
         raise InputError(f"batch size must be >= 1 and workers >= 0 (got {settings.batch_size}, {settings.workers})")
-    planned = plan_spec(settings.model, settings.pretrained, settings.seed)
+    planned = choose_model(project)
     directory = spec_directory(project, planned.key)
     device = resolve_device(settings.device) if engine == "local" or num_gpus_per_worker <= 0 else "cuda"
     with _writer_lock(project, directory):
