@@ -62,7 +62,7 @@ class LabelStudioClient:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if not url:
-            raise ExternalServiceError("no Label Studio URL; run `alkit ls connect --url URL ...` first")
+            raise ExternalServiceError("no Label Studio URL; run `alkit ls connect --url URL --create TITLE` first")
         if not token:
             raise ExternalServiceError(
                 "no Label Studio token; export ALKIT_LS_TOKEN=<Access Token from Account & Settings> or pass --token"
@@ -121,7 +121,7 @@ class LabelStudioClient:
             reason = str(error) or type(error).__name__
             message = (
                 f"cannot reach Label Studio at {self.url} to {what} ({type(error).__name__}: {reason}) after "
-                f"{attempts} attempts; start the server or fix the URL with `alkit ls connect --url URL`"
+                f"{attempts} attempts; start the server or fix the URL with `alkit ls connect --url URL --project-id ID`"
             )
         return ExternalServiceError(self._scrub(message))
 

@@ -21,7 +21,7 @@ LOCAL_FILES_PREFIX = "/data/local-files/?d="
 def label_config(class_names: list[str]) -> str:
     """An image-classification config: one image, one required single choice per class."""
     if not class_names:
-        raise ConfigError("no classes defined; run `alkit classes set NAME...` before `alkit ls connect`")
+        raise ConfigError("no classes defined; run `alkit classes set NAME...` before connecting to Label Studio")
     choices = "\n".join(f"    <Choice value={quoteattr(name)}/>" for name in class_names)
     return (
         "<View>\n"
@@ -40,7 +40,7 @@ def relative_to_root(path: str, root: str) -> str:
     if os.path.commonpath([real_root, real_path]) != real_root:
         raise InputError(
             f"image {path} is outside the Label Studio local-files root {root}; move the images under it "
-            "or run `alkit ls connect --local-files-root DIR` with a DIR that contains them"
+            "or reconnect with a DIR that contains them: `alkit ls connect --url URL --project-id ID --local-files-root DIR`"
         )
     return PurePosixPath(*os.path.relpath(real_path, real_root).split(os.sep)).as_posix()
 
@@ -58,7 +58,7 @@ def image_reference(path: str, local_files_root: str | None, url_prefix: str | N
     if local_files_root:
         return LOCAL_FILES_PREFIX + quote(relative_to_root(path, local_files_root))
     raise ConfigError(
-        "no way to show images in Label Studio; run `alkit ls connect --local-files-root DIR` "
+        "no way to show images in Label Studio; run `alkit ls connect --url URL --project-id ID --local-files-root DIR` "
         "(the server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT) or `--image-url-prefix URL`"
     )
 

@@ -192,6 +192,9 @@ def connect(
     is created in Label Studio."""
     if (project_id is None) == (create_title is None):
         raise InputError("pass exactly one of --project-id ID (an existing project) or --create TITLE")
+    if local_files_root is None and image_url_prefix is None:  # neither given: keep how images are served now
+        local_files_root = project.settings.ls_local_files_root
+        image_url_prefix = project.settings.ls_image_url_prefix
     if local_files_root is not None:
         local_files_root = str(Path(local_files_root).expanduser().resolve())
         if not Path(local_files_root).is_dir():
