@@ -54,6 +54,7 @@ def _server_env(data_dir: Path, files_root: Path) -> dict[str, str]:
         LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED="true",
         LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=str(files_root),
         LABEL_STUDIO_SSRF_PROTECTION_ENABLED="false",
+        ML_BLOCK_LOCAL_IP="false",  # the ML backend under test listens on 127.0.0.1
         SENTRY_DSN="",
         FRONTEND_SENTRY_DSN="",
         COLLECT_ANALYTICS="false",
