@@ -85,14 +85,14 @@ def from_environment(error: BaseException) -> "AlkitError | None":
     return None
 
 
-EXIT_CODES: dict[str, int] = {
+EXIT_CODES: dict[str, int] = {  # the README's exit-code table says the same, word for word (a test compares them)
     "ok": 0,
     "internal error (a bug: rerun with --debug and report it)": 1,
     "usage error (bad flag or argument)": 2,
-    "configuration / project error (bad alkit.toml, disk full, read-only project)": ConfigError.exit_code,
-    "bad input (file, path, CSV, name)": InputError.exit_code,
-    "pool state does not allow the command": StateError.exit_code,
+    "configuration / project error (no alkit.toml, bad value in it, disk full, read-only project)": ConfigError.exit_code,
+    "bad input (file, path, CSV, unknown name)": InputError.exit_code,
+    "the pool's state does not allow the command (no embeddings, budget too big, ...)": StateError.exit_code,
     "external service (Label Studio) error": ExternalServiceError.exit_code,
-    "stored artefacts do not match": IntegrityError.exit_code,
-    "project or database locked by another process": LockedError.exit_code,
+    "stored artefacts do not match (embedding spec, class list, index, posterior file)": IntegrityError.exit_code,
+    "project or database locked by another process (alkit sync itself exits 0 when locked)": LockedError.exit_code,
 }

@@ -19,13 +19,20 @@ from typing import Iterator
 from alkit.errors import LockedError
 
 
-def _holder(handle) -> str:
-    try:
-        handle.seek(0)
-        info = json.loads(handle.read() or "{}")
-        return f"pid {info.get('pid', '?')} since {info.get('since', '?')}"
-    except (OSError, ValueError):
-        return "another process"
+def _holder(handle, attempts: int = 10, pause_s: float = 0.05) -> str:
+    """Who holds the lock, from its file. The holder writes its pid just after taking the lock,
+    so an empty file is re-read a few times; never "pid ?"."""
+    for attempt in range(attempts):
+        try:
+            handle.seek(0)
+            info = json.loads(handle.read() or "{}")
+        except (OSError, ValueError):
+            info = {}
+        if isinstance(info, dict) and info.get("pid") and info.get("since"):
+            return f"pid {info['pid']} since {info['since']}"
+        if attempt + 1 < attempts:
+            time.sleep(pause_s)
+    return "another alkit process (starting up)"
 
 
 @contextmanager

@@ -31,6 +31,29 @@ class Project:
     def artefacts_dir(self) -> Path:
         return self.directory / ARTEFACTS_DIR
 
+    def stored_path(self, path: str | os.PathLike) -> str:
+        """How an artefact path is stored in the database: relative to the project directory when
+        inside it (so a moved or copied project keeps pointing at its own files), else absolute."""
+        absolute = Path(path).absolute()
+        try:
+            return absolute.relative_to(self.directory).as_posix()
+        except ValueError:
+            return str(absolute)
+
+    def resolve_stored(self, stored: str | os.PathLike) -> Path:
+        """The inverse of `stored_path`. Rows written before paths were relative hold absolute
+        paths of wherever the project was then: one inside an `.alkit/` folder is read from this
+        project's `.alkit/` when that copy exists (a copied project never reads the original's)."""
+        path = Path(stored)
+        if not path.is_absolute():
+            return self.directory / path
+        parts = path.parts
+        if ARTEFACTS_DIR in parts:
+            local = self.directory.joinpath(*parts[parts.index(ARTEFACTS_DIR):])
+            if local.exists() or not path.exists():
+                return local
+        return path
+
     def artefact_path(self, *parts: str) -> Path:
         path = self.artefacts_dir.joinpath(*parts)
         path.parent.mkdir(parents=True, exist_ok=True)

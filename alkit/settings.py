@@ -28,6 +28,8 @@ class SettingSpec:
     default: Any
     help: str
     optional: bool = False
+    minimum: float | None = None  # inclusive range of numeric settings
+    maximum: float | None = None
 
     @property
     def env_var(self) -> str:
@@ -38,13 +40,13 @@ SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec("db", str, "alkit.db", "database: a file name (SQLite) or any SQLAlchemy URL"),
     SettingSpec("model", str, "ViT-B-32", "open_clip architecture used by `alkit embed`"),
     SettingSpec("pretrained", str, None, "open_clip pretrained tag or local checkpoint path", optional=True),
-    SettingSpec("batch_size", int, 32, "images per forward pass when embedding"),
-    SettingSpec("workers", int, 2, "image decoding worker processes when embedding"),
+    SettingSpec("batch_size", int, 32, "images per forward pass when embedding", minimum=1),
+    SettingSpec("workers", int, 2, "image decoding worker processes when embedding", minimum=0),
     SettingSpec("device", str, "auto", "cpu, cuda or auto"),
     SettingSpec("precision", str, "fp32", "fp32, fp16 or bf16"),
     SettingSpec("template", str, "a photo of a {}", "class prompt template; {} is the class name"),
-    SettingSpec("max_pixels", int, 89_478_485, "images with more pixels are rejected as decompression bombs"),
-    SettingSpec("seed", int, 0, "random seed for selection and fitting"),
+    SettingSpec("max_pixels", int, 89_478_485, "images with more pixels are rejected as decompression bombs", minimum=1),
+    SettingSpec("seed", int, 0, "random seed for selection and fitting", minimum=0, maximum=2**32 - 1),
     SettingSpec("ls_url", str, None, "Label Studio base URL", optional=True),
     SettingSpec("ls_project_id", int, None, "Label Studio project id", optional=True),
     SettingSpec("ls_local_files_root", str, None, "server's LOCAL_FILES_DOCUMENT_ROOT", optional=True),
@@ -72,6 +74,23 @@ class Settings:
 
 
 def _coerce(spec: SettingSpec, raw: Any, origin: str) -> Any:
+    value = _coerce_type(spec, raw, origin)
+    if value is None or spec.type not in (int, float):
+        return value
+    if isinstance(value, float) and value != value:
+        raise ConfigError(f"{origin}: {spec.name} must be a number, got nan; fix or remove the value")
+    if (spec.minimum is not None and value < spec.minimum) or (spec.maximum is not None and value > spec.maximum):
+        bounds = " and ".join(
+            part for part in (
+                None if spec.minimum is None else f">= {spec.minimum:g}",
+                None if spec.maximum is None else f"<= {spec.maximum:g}",
+            ) if part
+        )
+        raise ConfigError(f"{origin}: {spec.name} must be {bounds}, got {value}; fix or remove the value")
+    return value
+
+
+def _coerce_type(spec: SettingSpec, raw: Any, origin: str) -> Any:
     if raw is None:
         return None
     if spec.type is bool:
@@ -114,8 +133,11 @@ def read_config_file(project_dir: Path) -> dict[str, Any]:
             data = tomllib.load(handle)
     except FileNotFoundError:
         return {}
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path}: not valid TOML ({error}); fix the file or run `alkit init` in a new directory") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ConfigError(f"{path}: not valid TOML ({reason}); fix the file or run `alkit init` in a new directory") from None
+    except OSError as error:
+        raise ConfigError(f"cannot read {path}: {error.strerror or error}; fix its permissions") from None
     secrets = SECRET_KEYS & set(data)
     if secrets:
         raise ConfigError(

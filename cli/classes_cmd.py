@@ -17,7 +17,7 @@ def set_(
     ctx: typer.Context,
     names: Optional[List[str]] = typer.Argument(None, help="Class names, in order."),
     file: Optional[Path] = typer.Option(None, "--file", "-f", help="File with one class name per line."),
-    template: Optional[str] = typer.Option(None, "--template", help='Prompt template, e.g. "a photo of a {}".'),
+    template: Optional[str] = typer.Option(None, "--template", help='Prompt template; {} is the class name [default: setting template, "a photo of a {}"].'),
     json_output: bool = typer.Option(False, "--json"),
 ) -> None:
     """Replace the class list (order matters: it is the class axis everywhere)."""

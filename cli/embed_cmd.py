@@ -25,18 +25,18 @@ def embed(
         help="Hub tag (e.g. laion2b_s34b_b79k), local checkpoint file, or `none` for random weights (tests only) "
         "(setting: pretrained) [default: the project's model, recorded by the first embed].",
     ),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per forward pass (setting: batch_size)."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Decoding worker processes; 0 decodes in-process."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or auto (setting: device)."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="fp32, fp16 or bf16 (setting: precision)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per forward pass [default: setting batch_size, 32]."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Decoding worker processes; 0 decodes in-process [default: setting workers, 2]."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or auto [default: setting device, auto]."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32, fp16 or bf16 [default: setting precision, fp32]."),
     from_file: Optional[Path] = typer.Option(
-        None, "--from", help="Import embeddings from an .npz with `paths`, `embeddings` (N x D) [, `text_embeddings`]."
+        None, "--from", help="Import embeddings from an .npz with `paths`, `embeddings` (N x D) and optional `text_embeddings` instead of computing them [default: not set]."
     ),
     name: Optional[str] = typer.Option(
         None, "--name", help="Name of the imported embedding space (with --from) [default: the file's stem]."
     ),
     engine: str = typer.Option("local", "--engine", help="local (this process) or ray (Ray Data actor pool; --workers actors)."),
-    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (--engine ray; default: RAY_ADDRESS or a local Ray)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (--engine ray) [default: RAY_ADDRESS or a local Ray]."),
     num_gpus_per_worker: float = typer.Option(0.0, "--num-gpus-per-worker", help="GPUs per Ray actor (--engine ray); > 0 embeds on cuda."),
     shard_rows: int = typer.Option(1024, "--shard-rows", hidden=True, help="Rows per shard file / transaction."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar [default: when stderr is a terminal]."),

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from alkit_cli import checks
 from alkit_cli.render import echo_table, emit_json
 
 
@@ -20,7 +21,9 @@ def eval_(
     """Accuracy, NLL, Brier, ECE of the posterior and its MAP; per-class accuracy; plots."""
     from alkit.workflows.evaluate import evaluate
 
-    result = evaluate(ctx.obj.project(), split=split, num_bins=bins, plot_dir=plot)
+    checks.split(split)
+    checks.number(bins, "--bins", 1)
+    result = evaluate(ctx.obj.project(), split=split, num_bins=bins, plot_dir=None if plot is None else plot.absolute())
     if json_output:
         emit_json(result.as_json())
         return

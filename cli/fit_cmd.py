@@ -6,6 +6,7 @@ from typing import Optional
 
 import typer
 
+from alkit_cli import checks
 from alkit_cli.render import echo_table, emit_json, emit_json_lines
 
 
@@ -15,15 +16,24 @@ def fit(
     factors: Optional[str] = typer.Option(None, "--factors", help="Directory with A_img.npy, B_img.npy[, A_txt, B_txt, n, lam]."),
     pairs: Optional[str] = typer.Option(None, "--pairs", help="CSV image_path,caption: curvature from your own pairs."),
     pseudo_data: float = typer.Option(10.0, "--pseudo-data", help="Pseudo-data count n of the KFAC posterior."),
-    candidate_batch_size: Optional[int] = typer.Option(None, "--candidate-batch-size", help="Texts per GGN candidate batch."),
+    candidate_batch_size: Optional[int] = typer.Option(None, "--candidate-batch-size", help="Texts per GGN candidate batch [default: all candidates in one batch]."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed [default: setting `seed`]."),
     epochs: int = typer.Option(30, "--epochs", help="probvlm: training epochs (early stopping may end sooner)."),
     learning_rate: float = typer.Option(3e-3, "--learning-rate", help="probvlm: Adam step size."),
-    json_output: bool = typer.Option(False, "--json"),
+    force: bool = typer.Option(False, "--force", help="Refit even when no labels or settings changed."),
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Fit a new posterior version on the current labels (zero-shot with none)."""
+    """Fit a new posterior version on the current labels (zero-shot with none); with no new labels
+    and the same settings it says the newest version is up to date."""
     from alkit.workflows.fit import FitSettings, fit_posterior
 
+    checks.seed(seed)
+    checks.number(pseudo_data, "--pseudo-data", 0, above=True)
+    checks.number(candidate_batch_size, "--candidate-batch-size", 1)
+    checks.number(epochs, "--epochs", 1)
+    checks.number(learning_rate, "--learning-rate", 0, above=True)
+    checks.existing(factors, "--factors", "dir")
+    checks.existing(pairs, "--pairs", "file")
     project = ctx.obj.project(seed=seed)
     result = fit_posterior(
         project,
@@ -32,9 +42,16 @@ def fit(
             candidate_batch_size=candidate_batch_size, seed=project.settings.seed, epochs=epochs,
             learning_rate=learning_rate,
         ),
+        force=force,
     )
     if json_output:
         emit_json(result.as_json())
+        return
+    if result.up_to_date:
+        typer.echo(
+            f"posterior v{result.version} is up to date ({result.kind}, {result.labels_used} labels; no new labels, same "
+            "settings); nothing fitted (--force refits)"
+        )
         return
     precision = "" if result.prior_precision is None else f"; prior precision {result.prior_precision:.4g}"
     typer.echo(
@@ -52,6 +69,8 @@ def predict(
     """Per-image class probabilities, predictive entropy and logit variance."""
     from alkit.workflows.predict import predict_split
 
+    checks.split(split)
+    checks.number(limit, "--limit", 0)
     predictions = predict_split(ctx.obj.project(), split)
     if json_output:
         emit_json_lines(p.__dict__ for p in predictions)

@@ -6,6 +6,7 @@ from typing import Optional
 
 import typer
 
+from alkit_cli import checks
 from alkit_cli.render import echo_table, emit_json, emit_json_lines
 
 app = typer.Typer(help="The FAISS index over the current embeddings.", no_args_is_help=True)
@@ -23,6 +24,10 @@ def build(
     """Build, extend or rebuild the index so it covers every embedded image."""
     from alkit.workflows.index import build_index
 
+    checks.choice(kind, "--kind", ("auto", "flat", "ivf", "hnsw"))
+    checks.number(nlist, "--nlist", 1)
+    checks.number(pq, "--pq", 1)
+    checks.number(nprobe, "--nprobe", 1)
     report = build_index(ctx.obj.project(), kind=kind, nlist=nlist, pq_m=pq, nprobe=nprobe)
     if json_output:
         emit_json(report.as_json())
@@ -42,6 +47,8 @@ def similar(
     """Nearest neighbours of an image, a text query or a pool image."""
     from alkit.workflows.index import similar as find_similar
 
+    checks.number(k, "-k", 1)
+    checks.existing(image, "IMAGE", "file")
     rows = find_similar(ctx.obj.project(), image=image, text=text, image_id=image_id, k=k)
     if json_output:
         emit_json_lines(rows)
@@ -57,6 +64,7 @@ def dedup(
     """List clusters of near-duplicate images."""
     from alkit.workflows.index import near_duplicates
 
+    checks.number(threshold, "--threshold", 0, 1, above=True)
     clusters = near_duplicates(ctx.obj.project(), threshold)
     if json_output:
         emit_json({"threshold": threshold, "clusters": clusters})

@@ -35,6 +35,13 @@ def import_(
         note(f"{len(result.unknown_paths)} rows name images not in the pool (first: {result.unknown_paths[0]}); alkit add them first")
     for name, count in result.unknown_classes.items():
         note(f"{count} rows name unknown class {name!r}; add it with alkit classes set")
+    if result.duplicates:
+        conflicting = sum(len(set(item["labels"])) > 1 for item in result.duplicates)
+        first = result.duplicates[0]
+        note(
+            f"{len(result.duplicates)} images are named by several rows ({conflicting} with different labels; the last "
+            f"row wins; first: {first['path']}: {', '.join(first['labels'])}); --json lists them"
+        )
 
 
 @app.command("export")

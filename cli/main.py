@@ -8,7 +8,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+import typer.core
 from typer.core import TyperGroup
+
+# Plain click help for every command: rich's markup ate "[default: ...]" texts and its option
+# table cut long words with an ellipsis; click wraps whole words and always shows the default.
+typer.core.HAS_RICH = False
 
 
 @dataclass
@@ -39,6 +44,10 @@ class AppState:
 class AlkitGroup(TyperGroup):
     """Maps alkit's error hierarchy to one-line messages and exit codes, for every command."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _complete_help(self)
+
     def invoke(self, ctx) -> Any:
         from alkit.errors import AlkitError, from_environment
 
@@ -59,6 +68,38 @@ class AlkitGroup(TyperGroup):
         except KeyboardInterrupt:
             typer.echo("interrupted; work committed so far is kept, rerun to resume", err=True)
             raise typer.Exit(130) from None
+        except BrokenPipeError:  # `alkit predict --json | head -1`: the reader has all it wanted
+            _silence_stdout()
+            raise typer.Exit(0) from None
+
+
+def _complete_help(command: Any) -> None:
+    """Help that never hides a default or cuts a line, for every command and sub-command:
+    an option without a default says so, and command lists show the whole first paragraph."""
+    for sub in getattr(command, "commands", {}).values():
+        if sub.help and not sub.short_help:
+            sub.short_help = " ".join(sub.help.strip().split("\n\n")[0].split())
+        _complete_help(sub)
+    for param in getattr(command, "params", []):
+        if getattr(param, "param_type_name", "") != "option" or param.hidden or param.required:
+            continue
+        if param.is_flag or param.default is not None or param.envvar is not None:
+            continue
+        if "default" not in (param.help or "").lower():
+            param.help = f"{(param.help or '').rstrip()} [default: not set]".lstrip()
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not fail again."""
+    import os
+    import sys
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # not a real file (tests capture stdout)
+        pass
 
 
 app = typer.Typer(

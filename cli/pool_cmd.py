@@ -79,19 +79,32 @@ def status(
     echo_table(sorted(report["images_by_split"].items()), ["split", "images"])
     echo_table(sorted(report["images_by_status"].items()), ["status", "images"])
     if report["classes"]:
-        echo_table(list(report["labels_per_class"].items()), ["class", "labelled images"])
+        rows = [(name, count, report["test_labels_per_class"][name]) for name, count in report["labels_per_class"].items()]
+        echo_table(rows, ["class", "labelled (pool+target)", "labelled (test)"])
     else:
         typer.echo("classes: none (alkit classes set NAME...)")
-    typer.echo(f"labels: {report['labels_total']}; rounds: {report['rounds']} (open: {report['open_rounds'] or 'none'})")
+    by_split = report["labeled_images_by_split"]
+    training = sum(count for split, count in by_split.items() if split != "test")
+    typer.echo(
+        f"labels: {training} pool/target images labelled (for fit), {by_split.get('test', 0)} test images labelled "
+        f"(for eval); {report['labels_total']} label rows in all"
+    )
+    model = report["model"]
+    typer.echo(f"model: {model['name']} ({model['kind']}, spec {model['spec_id']})" if model else "model: none yet (alkit embed --model ARCH --pretrained TAG|PATH)")
     for spec in report["embedding_specs"]:
         marker = "*" if spec["current"] else " "
         typer.echo(f"{marker} embeddings {spec['name']} ({spec['kind']}): {spec['embedded']} images")
     posterior = report["posterior"]
     if posterior:
         typer.echo(
-            f"posterior v{posterior['version']} {posterior['kind']}: curvature from {posterior['curvature_source']}; "
+            f"posterior: v{posterior['version']} {posterior['kind']}: curvature from {posterior['curvature_source']}; "
             f"{posterior['labels_used']} labels"
         )
+    else:
+        typer.echo("posterior: none yet (alkit fit)")
+    typer.echo(f"rounds: {report['rounds']}; open: {len(report['open_round_details']) or 'none'}")
+    for item in report["open_round_details"]:
+        typer.echo(f"  round {item['id']} ({item['status']}, {item['strategy']}): {item['items']} images")
 
 
 def exit_codes() -> None:

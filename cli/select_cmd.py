@@ -6,6 +6,7 @@ from typing import List, Optional
 
 import typer
 
+from alkit_cli import checks
 from alkit_cli.render import echo_table, emit_json_lines, note
 
 
@@ -20,7 +21,7 @@ def select(
     target: Optional[str] = typer.Option(None, "--target", help="Split whose images are the EPIG targets."),
     query: Optional[str] = typer.Option(None, "--query", help="Text query: score only pool items near it."),
     like: Optional[List[str]] = typer.Option(None, "--like", help="Example image(s): score only pool items near them."),
-    candidates: Optional[int] = typer.Option(None, "--candidates", help="How many nearest pool items to score."),
+    candidates: Optional[int] = typer.Option(None, "--candidates", help="How many nearest pool items to score (with --query, --like or --target) [default: max(10 x budget, 1000)]."),
     num_targets: int = typer.Option(100, "--num-targets", help="EPIG target inputs M."),
     dedup_threshold: float = typer.Option(0.98, "--dedup-threshold", help="Max cosine between two batch items (1 disables)."),
     cold_start: str = typer.Option("typiclust", "--cold-start", help="typiclust | kcenter, used before any posterior."),
@@ -29,6 +30,17 @@ def select(
     """Select the next batch and record it as an open round."""
     from alkit.workflows.select import SelectSettings, select_round
 
+    checks.seed(seed)
+    checks.number(budget, "--budget", 1)
+    checks.number(beta, "--beta", 0)
+    checks.number(samples, "--samples", 2)
+    checks.number(num_targets, "--num-targets", 1)
+    checks.number(candidates, "--candidates", 1)
+    checks.number(dedup_threshold, "--dedup-threshold", 0, above=True)
+    checks.split(target, "--target")
+    checks.requires(candidates is not None and not (query or like or target), "--candidates", "--query, --like or --target")
+    for path in like or ():
+        checks.existing(path, "--like", "file")
     project = ctx.obj.project(seed=seed)
     result = select_round(
         project,

@@ -211,7 +211,7 @@ def round_pool_scores(
                 sa.select(labels.c.image_id).where(labels.c.created_at < _created_at(connection, summary.round_id))).scalars())
         if row is None or row.spec_id != context.spec.id:
             return _EMPTY, _EMPTY, f"posterior v{summary.posterior_version} is gone or was fitted on other embeddings"
-        posterior = load_posterior(row.path, context.spec.key, context.class_names)
+        posterior = load_posterior(project.resolve_stored(row.path), context.spec.key, context.class_names)
         pool = embedded_image_ids(project, context.spec.id, images.c.split == Split.POOL.value)
         pool = np.array([i for i in pool.tolist() if i not in earlier and i not in labelled_before], dtype=np.int64)
         if len(pool) > sample:

@@ -9,7 +9,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
-from alkit.errors import ConfigError, StateError
+from alkit.errors import ConfigError
 
 DEFAULT_DB_FILE = "alkit.db"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -66,6 +66,12 @@ def create_db_engine(url: str) -> Engine:
         raise ConfigError(
             f"no database driver for {backend} ({error.name} missing); pip install 'alkit[postgres]'"
         ) from None
+    except (sa.exc.NoSuchModuleError, sa.exc.ArgumentError) as error:
+        shown = parsed.render_as_string(hide_password=True)
+        reason = str(error).splitlines()[0]
+        raise ConfigError(
+            f"database URL {shown!r} names no known database ({reason}); use a file name, sqlite:///FILE or postgresql://user@host/db"
+        ) from None
     if backend == "sqlite":
         sa.event.listen(engine, "connect", _configure_sqlite)
     return engine
@@ -78,7 +84,7 @@ def check_connection(engine: Engine) -> None:
             connection.execute(sa.text("SELECT 1"))
     except sa.exc.OperationalError as error:
         reason = str(error.orig) if error.orig is not None else str(error)
-        raise StateError(
-            f"cannot open database {engine.url.render_as_string(hide_password=True)}: {reason}; "
-            "check the path/URL and permissions"
+        raise ConfigError(
+            f"cannot open database {engine.url.render_as_string(hide_password=True)}: {reason.splitlines()[0]}; "
+            "check the path/URL and the permissions of the project directory (SQLite writes alkit.db-wal/-shm beside it)"
         ) from None

@@ -25,7 +25,14 @@ def read_class_file(path: Path) -> list[str]:
 
 def set_classes(project: Project, names: list[str], template: str | None = None) -> list[dict]:
     """Replace the class list. Renaming or dropping a class that has labels is refused."""
-    names = [name.strip() for name in names if name.strip()]
+    if any(not name.strip() for name in names):
+        raise InputError(f"{sum(not name.strip() for name in names)} empty class name(s) given; every class needs a name")
+    unprintable = [name for name in names if not name.strip().isprintable()]
+    if unprintable:
+        raise InputError(
+            f"class name {unprintable[0]!r} holds a newline, tab or other control character; use one line of text per class"
+        )
+    names = [name.strip() for name in names]
     if not names:
         raise InputError("no class names given; pass names or --file FILE with one name per line")
     duplicates = sorted({name for name in names if names.count(name) > 1})

@@ -48,6 +48,7 @@ class FitSettings:
     seed: int = 0
     epochs: int = 30  # probvlm: training epochs (early stopping may end sooner)
     learning_rate: float = 3e-3  # probvlm: Adam step size (science.md says 1e-4; 3e-3 moved the adapters in 30 epochs, 1e-4 barely did)
+    labels_fingerprint: str | None = None  # set by fit_posterior: which labels the fit saw (fit_freshness)
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class FitResult:
     prior_precision: float | None  # None for posteriors without a Laplace prior (probvlm)
     path: str
     seconds: float
+    up_to_date: bool = False  # True: no new labels and the same settings; `version` is the existing one
 
     def as_json(self) -> dict:
         return dict(self.__dict__)
@@ -128,7 +130,7 @@ def load_current_posterior(project: Project, context: PoolContext):
     row = latest_posterior_row(project, context.spec.id, context.classes_key)
     if row is None:
         return None, None
-    return row, load_posterior(Path(row.path), context.spec.key, context.class_names)
+    return row, load_posterior(project.resolve_stored(row.path), context.spec.key, context.class_names)
 
 
 def _bayesvlm_base(project: Project, context: PoolContext, settings: FitSettings):
@@ -279,14 +281,28 @@ def _probvlm(project: Project, context: PoolContext, features, labels, settings:
     )
 
 
-def fit_posterior(project: Project, settings: FitSettings = FitSettings()) -> FitResult:
-    """Build, save and record a new posterior version; returns what was fitted."""
+def fit_posterior(project: Project, settings: FitSettings = FitSettings(), force: bool = False) -> FitResult:
+    """Build, save and record a new posterior version; returns what was fitted. With no new
+    labels and unchanged settings the newest version is returned as `up_to_date` (no new
+    version) unless `force`."""
     started = time.perf_counter()
     context = pool_context(project)
     kind = settings.posterior or default_posterior_kind(context)
     POSTERIOR_FEATURES.get(kind)
     previous = latest_posterior_row(project, context.spec.id, context.classes_key)
     parent_version = None if previous is None else previous.version
+    from dataclasses import replace
+
+    from alkit.workflows.fit_freshness import is_up_to_date, labels_fingerprint
+
+    settings = replace(settings, labels_fingerprint=labels_fingerprint(project, context.spec.id))
+    previous_dir = None if previous is None else project.resolve_stored(previous.path)
+    if not force and is_up_to_date(previous, kind, jsonable(settings.__dict__), previous_dir):
+        return FitResult(
+            version=int(previous.version), kind=kind, labels_used=int(previous.labels_used),
+            curvature_source=previous.curvature_source, prior_precision=None, path=str(previous_dir),
+            seconds=round(time.perf_counter() - started, 3), up_to_date=True,
+        )
     _, features, labels = labelled_training_set(project, context, kind)
 
     if kind == "bayesvlm":
@@ -332,7 +348,7 @@ def _record(project, context: PoolContext, posterior, kind: str, parent_version,
                 spec_id=context.spec.id,
                 classes_key=context.classes_key,
                 parent_version=parent_version,
-                path=str(directory),
+                path=project.stored_path(directory),  # relative: a moved or copied project keeps its own files
                 curvature_source=provenance.curvature_source,
                 labels_used=provenance.labels_used,
                 settings=jsonable({**dict(provenance.settings), "fit": settings.__dict__}),

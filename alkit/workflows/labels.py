@@ -24,6 +24,7 @@ class LabelImportResult:
     unknown_paths: list[str] = field(default_factory=list)
     unknown_classes: dict[str, int] = field(default_factory=dict)
     rows: int = 0
+    duplicates: list[dict] = field(default_factory=list)  # {path, rows, labels, kept}: one image named by several rows
 
     def as_json(self) -> dict:
         return {
@@ -33,6 +34,7 @@ class LabelImportResult:
             "unchanged": self.unchanged,
             "unknown_paths": self.unknown_paths,
             "unknown_classes": self.unknown_classes,
+            "duplicates": self.duplicates,
         }
 
 
@@ -96,6 +98,14 @@ def import_labels(
                 continue
             resolved.append((image_id, class_ids[label]))
         result.unknown_classes = dict(unknown_classes)
+        result.duplicates = _duplicate_rows(rows, resolved, class_ids, csv_dir, path_ids)
+        conflicting = [item for item in result.duplicates if len(set(item["labels"])) > 1]
+        if strict and conflicting:
+            first = conflicting[0]
+            raise InputError(
+                f"{len(conflicting)} images have rows with different labels (first: {first['path']}: "
+                f"{', '.join(first['labels'])}); nothing imported; keep one row per image, or drop --strict (the last row wins)"
+            )
         if strict and (result.unknown_paths or unknown_classes):
             raise InputError(
                 f"{len(result.unknown_paths)} unknown paths and {sum(unknown_classes.values())} rows with unknown classes "
@@ -130,6 +140,19 @@ def import_labels(
                 result.unchanged += 1
         mark_labeled(connection, [image_id for image_id, _ in resolved])
     return result
+
+
+def _duplicate_rows(rows, resolved, class_ids, csv_dir, path_ids) -> list[dict]:
+    """Images named by more than one row, with every label given; the last row wins."""
+    names = {class_id: name for name, class_id in class_ids.items()}
+    per_image: dict[int, list[str]] = {}
+    for image_id, class_id in resolved:
+        per_image.setdefault(image_id, []).append(names[class_id])
+    paths = {image_id: path for path, image_id in path_ids.items()}
+    return [
+        {"path": paths.get(image_id), "rows": len(given), "labels": given, "kept": given[-1]}
+        for image_id, given in per_image.items() if len(given) > 1
+    ]
 
 
 def mark_labeled(connection, image_ids: list[int]) -> None:

@@ -7,29 +7,48 @@ import sqlalchemy as sa
 from alkit.project import Project
 from alkit.storage.migrations import current_version
 from alkit.storage.pool import class_names, count_images_by, resolved_labels
-from alkit.storage.schema import classes, embedding_specs, embeddings, images, labels, posteriors, rounds
+from alkit.storage.schema import Split, classes, embedding_specs, embeddings, images, labels, posteriors, round_items, rounds
 
 
 def pool_status(project: Project) -> dict:
-    """One JSON-ready dict; its keys are the stable `alkit status --json` contract."""
+    """One JSON-ready dict; its keys are the stable `alkit status --json` contract.
+
+    Labels are counted per split: `labels_per_class` counts the labelled images a fit trains on
+    (pool and target), `test_labels_per_class` the held-out test images `alkit eval` scores.
+    """
     with project.engine.connect() as connection:
         names = class_names(connection)
         by_status = count_images_by(connection, images.c.status)
         by_split = count_images_by(connection, images.c.split)
         class_by_id = dict(connection.execute(sa.select(classes.c.id, classes.c.name)).all())
+        split_by_id = dict(connection.execute(sa.select(images.c.id, images.c.split).where(sa.exists().where(labels.c.image_id == images.c.id))).all())
         per_class = {name: 0 for name in names}
-        for class_id in resolved_labels(connection).values():
-            per_class[class_by_id[class_id]] += 1
+        test_per_class = {name: 0 for name in names}
+        labelled_by_split: dict[str, int] = {}
+        for image_id, class_id in resolved_labels(connection).items():
+            split = split_by_id.get(image_id, "?")
+            labelled_by_split[split] = labelled_by_split.get(split, 0) + 1
+            (test_per_class if split == Split.TEST.value else per_class)[class_by_id[class_id]] += 1
         labels_total = connection.execute(sa.select(sa.func.count()).select_from(labels)).scalar_one()
-        round_rows = connection.execute(sa.select(rounds.c.id, rounds.c.strategy, rounds.c.status).order_by(rounds.c.id)).all()
+        round_rows = connection.execute(
+            sa.select(rounds.c.id, rounds.c.strategy, rounds.c.status, rounds.c.created_at, sa.func.count(round_items.c.image_id))
+            .outerjoin(round_items, round_items.c.round_id == rounds.c.id)
+            .group_by(rounds.c.id)
+            .order_by(rounds.c.id)
+        ).all()
         spec_rows = connection.execute(
             sa.select(embedding_specs.c.id, embedding_specs.c.name, embedding_specs.c.kind, embedding_specs.c.is_current, sa.func.count(embeddings.c.image_id))
             .outerjoin(embeddings, embeddings.c.spec_id == embedding_specs.c.id)
             .group_by(embedding_specs.c.id)
             .order_by(embedding_specs.c.id)
         ).all()
-        posterior = connection.execute(sa.select(posteriors).order_by(posteriors.c.version.desc()).limit(1)).first()
+        current = next((row for row in spec_rows if row.is_current), None)
+        query = sa.select(posteriors)
+        if current is not None:  # the posterior that selection would use is the current spec's newest
+            query = query.where(posteriors.c.spec_id == current.id)
+        posterior = connection.execute(query.order_by(posteriors.c.version.desc()).limit(1)).first()
         schema_version = current_version(connection)
+    open_rounds = [row for row in round_rows if row.status in ("open", "pushed")]  # selected or waiting in Label Studio
     return {
         "project": str(project.directory),
         "schema_version": schema_version,
@@ -38,10 +57,18 @@ def pool_status(project: Project) -> dict:
         "images_by_split": by_split,
         "classes": names,
         "labels_total": int(labels_total),
-        "labeled_images": sum(per_class.values()),
+        "labeled_images": sum(labelled_by_split.values()),
+        "labeled_images_by_split": labelled_by_split,
         "labels_per_class": per_class,
+        "test_labels_per_class": test_per_class,
         "rounds": len(round_rows),
-        "open_rounds": [row.id for row in round_rows if row.status in ("open", "pushed")],  # selected or waiting in Label Studio
+        "open_rounds": [row.id for row in open_rounds],
+        "open_round_details": [
+            {"id": row.id, "status": row.status, "strategy": row.strategy, "items": int(row[4]),
+             "created_at": row.created_at.isoformat() if row.created_at else None}
+            for row in open_rounds
+        ],
+        "model": None if current is None else {"spec_id": current.id, "name": current.name, "kind": current.kind},
         "embedding_specs": [
             {"id": row.id, "name": row.name, "kind": row.kind, "current": bool(row.is_current), "embedded": int(row[4])}
             for row in spec_rows
@@ -54,5 +81,6 @@ def pool_status(project: Project) -> dict:
             "curvature_source": posterior.curvature_source,
             "labels_used": posterior.labels_used,
             "parent_version": posterior.parent_version,
+            "path": str(project.resolve_stored(posterior.path)),
         },
     }
