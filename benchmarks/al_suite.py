@@ -444,6 +444,58 @@ def write_results(data, settings: Settings, sections: list[tuple[int, int, dict[
     return path, summary_rows
 
 
+README_BEGIN = "<!-- al_suite:begin (written by python -m benchmarks.al_suite) -->"
+README_END = "<!-- al_suite:end -->"
+
+
+def compact_summary(all_rows: dict[str, list], budget: int) -> str:
+    """One row per method, per data set `AUC / final acc / labels to random's final` at `budget`;
+    then the alkit methods' mean AUC rank across the data sets (1 = best)."""
+    tables = {name: {r["method"]: (rounds, r) for b, rounds, rows in sections if b == budget for r in rows}
+              for name, sections in all_rows.items()}
+    tables = {k: v for k, v in tables.items() if v}
+    if not tables:
+        return ""
+    methods = list(dict.fromkeys(m for t in tables.values() for m in t))
+    lines = ["| method | " + " | ".join(f"{n}: AUC / final / labels to random's final" for n in tables) + " |",
+             "| --- " * (len(tables) + 1) + "|"]
+    for method in methods:
+        cells = []
+        for table in tables.values():
+            if method not in table:
+                cells.append("-")
+                continue
+            rounds, r = table[method]
+            reach = r["to_random"] if r["to_random"] is not None else f"> {budget * rounds}"
+            cells.append(f"{r['auc']:.3f} / {r['final']:.3f} / {reach}")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    ranks: dict[str, list[int]] = {}
+    for table in tables.values():
+        alkit = sorted((m for m in table if m in ALKIT_METHODS and not ALKIT_METHODS[m].get("zero_shot_only")),
+                       key=lambda m: -table[m][1]["auc"])
+        for rank, method in enumerate(alkit, start=1):
+            ranks.setdefault(method, []).append(rank)
+    complete = {m: r for m, r in ranks.items() if len(r) == len(tables)}
+    if complete:
+        order = sorted(complete, key=lambda m: np.mean(complete[m]))
+        lines += ["", f"Mean AUC rank of alkit's methods across {', '.join(tables)} (B={budget}, 1 = best): "
+                  + ", ".join(f"{m} {np.mean(complete[m]):.1f}" for m in order) + "."]
+    return "\n".join(lines)
+
+
+def update_readme(readme: Path, body: str) -> bool:
+    """Replace the text between the suite's markers in `readme` (only that section)."""
+    if not readme.is_file():
+        return False
+    text = readme.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        return False
+    head, rest = text.split(README_BEGIN, 1)
+    _, tail = rest.split(README_END, 1)
+    readme.write_text(head + README_BEGIN + "\n" + body.strip() + "\n" + README_END + tail)
+    return True
+
+
 def parse(argv) -> Settings:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default=",".join(DATASETS))
@@ -555,6 +607,16 @@ def main(argv=None) -> int:
                 log("\n" + cold_start_table(cold[name]))
     finally:
         shutil.rmtree(settings.workdir, ignore_errors=True)
+    budgets = [settings.budget] + ([settings.large_budget] if settings.large_budget else [])
+    summary = "\n\n".join(f"**{settings.budget if b == settings.budget else settings.large_budget} labels per round**\n\n"
+                           + compact_summary(all_rows, b) for b in budgets if compact_summary(all_rows, b))
+    if summary:
+        log("\nsummary across data sets\n" + summary)
+        stamp = (f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, data sets {', '.join(all_rows)}; "
+                 "details, per-round mean +- sd, NLL/ECE, class coverage and wall times in "
+                 + ", ".join(f"[`results_al_suite_{n}.md`](results_al_suite_{n}.md)" for n in all_rows) + ".")
+        if not settings.smoke and update_readme(settings.out / "README.md", stamp + "\n\n" + summary):
+            log(f"updated {settings.out / 'README.md'} (the al_suite section)")
     (cache / ("summary-smoke.json" if settings.smoke else "summary.json")).write_text(
         json.dumps({k: [(b, r, rows) for b, r, rows in v] for k, v in all_rows.items()}, default=float, indent=1))
     return 0

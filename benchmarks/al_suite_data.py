@@ -245,7 +245,7 @@ def build_clip(directory: Path, log=print, small: bool = False) -> None:
     pool_size, test_size, targets = (60, 60, 20) if small else (1800, None, 200)
     settings = DemoSettings(directory=directory, seed=DATA_SEED, pool_size=pool_size, test_size=test_size,
                             compare_random=False)
-    template, _, _ = prepare_project(settings, log)
+    template = Path(prepare_project(settings, log)[0])  # (template, checkpoint, answers[, quality])
     split = make_demo_split(seed=DATA_SEED)
     total_pool = len(split.pool_labels)
     chosen = np.sort(np.random.default_rng(DATA_SEED).choice(total_pool, pool_size, replace=False))  # as demo._write_split
