@@ -136,7 +136,8 @@ def serve_backend(
         except LockedError:
             note("pull skipped: another alkit process holds the lock (the labels-pending mark stays for it)")
 
-    server = make_backend_server(project, host, port, PullTrigger(pull_then_refit, debounce_s=debounce), auth=(user, password) if user else None)
+    auth = (user, password) if user else None
+    server = make_backend_server(project, host, port, PullTrigger(pull_then_refit, debounce_s=debounce), auth=auth, client=client)
     auth_note = "basic auth required" if user else "no authentication: bind to 127.0.0.1 or set --user/--password"
     note(f"alkit ML backend on http://{host}:{server.server_address[1]} ({auth_note}); Ctrl-C stops")
     try:

@@ -83,7 +83,7 @@ def test_registered_as_ml_backend_label_studio_stores_its_predictions_and_annota
             default_refit(project)
 
     trigger = PullTrigger(pull_then_refit, debounce_s=0.2)
-    server = make_backend_server(project, "127.0.0.1", 0, trigger, auth=AUTH).start()
+    server = make_backend_server(project, "127.0.0.1", 0, trigger, auth=AUTH, client=alkit_client).start()
     port = server.server_address[1]
     try:
         # Registered through Label Studio's own API, with basic auth as LS sends it.
@@ -102,9 +102,12 @@ def test_registered_as_ml_backend_label_studio_stores_its_predictions_and_annota
         assert prediction.result[0]["value"]["choices"] == [expected[image_id][0]]
         assert prediction.score == pytest.approx(expected[image_id][1])
 
-        # Annotation events: the webhook Label Studio made for the backend carries the same credentials.
-        (hook,) = [h for h in client.webhooks.list(project=pid) if h.url.rstrip("/").endswith(f":{port}/webhook")]
-        client.webhooks.update(id=hook.id, headers={"Authorization": basic(*AUTH)}, send_for_all_actions=True, url=hook.url)
+        # Annotation events: /setup gave the webhook Label Studio made for the backend our credentials.
+        def hook_headers():
+            hooks = [h for h in client.webhooks.list(project=str(pid)) if h.url.rstrip("/").endswith(f":{port}/webhook")]
+            return hooks[0].headers if len(hooks) == 1 and hooks[0].headers else None
+
+        assert wait_for(hook_headers) == {"Authorization": basic(*AUTH)}
         annotate(client, tasks[image_id], "dog")
         assert wait_for(lambda: len(_rows(project, sa.select(labels))) == 1)  # the pull ran
         assert wait_for(lambda: _rows(project, sa.select(sa.func.max(posteriors.c.version)))[0][0] == 2)  # the refit ran

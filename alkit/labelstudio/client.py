@@ -335,6 +335,32 @@ class LabelStudioClient:
         )
         return int(hook.id)
 
+    def authorize_backend_webhooks(self, project_id: int, user: str, authorization: str) -> list[int]:
+        """Add `Authorization` to the webhooks Label Studio made for the project's ML backends
+        registered with basic-auth user `user` (`<backend url>/webhook`, created without
+        credentials); returns the ids of the webhooks updated."""
+        backends = self._call(f"list ML backends of project {project_id}", lambda: self._sdk.ml.list(project=project_id))
+        urls = {
+            str(b.url).rstrip("/") + "/webhook" for b in backends or [] if b.url and getattr(b, "basic_auth_user", None) == user
+        }
+        hooks = self._call(f"list webhooks of project {project_id}", lambda: self._sdk.webhooks.list(project=str(project_id)))
+        updated = []
+        for hook in hooks or []:
+            headers = dict(hook.headers or {}) if isinstance(hook.headers, dict) else {}
+            if str(hook.url).rstrip("/") not in urls or headers.get("Authorization") == authorization:
+                continue
+            headers["Authorization"] = authorization
+            extra = {"actions": list(hook.actions)} if hook.actions else {}
+            self._call(
+                f"add credentials to webhook {hook.id}",
+                lambda hook=hook, headers=headers, extra=extra: self._sdk.webhooks.update(
+                    id=hook.id, url=hook.url, headers=headers, send_for_all_actions=bool(hook.send_for_all_actions),
+                    send_payload=True, **extra,
+                ),
+            )
+            updated.append(int(hook.id))
+        return updated
+
 
 def _task_dict(task: Any) -> dict:
     """A task (SDK model or exported dict) as a plain dict with the keys the mapping reads."""

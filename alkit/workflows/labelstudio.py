@@ -881,6 +881,26 @@ def backend_predictions(
     return results
 
 
+def authorize_webhooks_later(client, pid: int, auth: tuple[str, str], delay_s: float = 1.0, errors: list | None = None) -> None:
+    """In the background (Label Studio waits for our /setup answer before it saves the
+    backend and its webhook): give the backend's webhook our basic-auth credentials."""
+    import base64
+
+    header = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+
+    def run() -> None:
+        for _ in range(3):
+            time.sleep(delay_s)
+            try:
+                if client.authorize_backend_webhooks(pid, auth[0], header):
+                    return
+            except Exception as error:  # reported, never fatal: the README says how to add the header by hand
+                if errors is not None:
+                    errors.append(str(error))
+
+    threading.Thread(target=run, daemon=True).start()
+
+
 def make_backend_server(
     project: Project,
     host: str,
@@ -888,11 +908,17 @@ def make_backend_server(
     on_event: Callable[[], None],
     auth: tuple[str, str] | None = None,
     predictor: Callable[[list[int]], dict[int, tuple[str, float]]] | None = None,
+    client=None,
 ):
-    """alkit as a Label Studio ML backend (see alkit.labelstudio.server); returns a server handle."""
+    """alkit as a Label Studio ML backend (see alkit.labelstudio.server); returns a server handle.
+
+    With `client` and `auth`, each /setup (Label Studio calls it when the backend is
+    registered) also gives Label Studio's `<backend>/webhook` webhook the credentials."""
     from alkit.labelstudio.server import ServerHandle, backend_app
 
     def setup(payload: dict) -> dict:
+        if client is not None and auth and project.settings.ls_project_id:
+            authorize_webhooks_later(client, int(project.settings.ls_project_id), auth)
         return {"model_version": _model_version(project)}
 
     app = backend_app(
