@@ -23,7 +23,10 @@ def eval_(
 
     checks.split(split)
     checks.number(bins, "--bins", 1)
-    result = evaluate(ctx.obj.project(), split=split, num_bins=bins, plot_dir=None if plot is None else plot.absolute())
+    from alkit.progress import stage
+
+    with stage(f"eval: scoring the '{split}' split" + (" and writing plots" if plot else "")):
+        result = evaluate(ctx.obj.project(), split=split, num_bins=bins, plot_dir=None if plot is None else plot.absolute())
     if json_output:
         emit_json(result.as_json())
         return

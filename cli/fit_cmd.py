@@ -34,16 +34,19 @@ def fit(
     checks.number(learning_rate, "--learning-rate", 0, above=True)
     checks.existing(factors, "--factors", "dir")
     checks.existing(pairs, "--pairs", "file")
+    from alkit.progress import stage
+
     project = ctx.obj.project(seed=seed)
-    result = fit_posterior(
-        project,
-        FitSettings(
-            posterior=posterior, factors_dir=factors, pairs_csv=pairs, pseudo_data=pseudo_data,
-            candidate_batch_size=candidate_batch_size, seed=project.settings.seed, epochs=epochs,
-            learning_rate=learning_rate,
-        ),
-        force=force,
-    )
+    with stage("fit: checking labels and fitting the posterior"):
+        result = fit_posterior(
+            project,
+            FitSettings(
+                posterior=posterior, factors_dir=factors, pairs_csv=pairs, pseudo_data=pseudo_data,
+                candidate_batch_size=candidate_batch_size, seed=project.settings.seed, epochs=epochs,
+                learning_rate=learning_rate,
+            ),
+            force=force,
+        )
     if json_output:
         emit_json(result.as_json())
         return
@@ -71,7 +74,10 @@ def predict(
 
     checks.split(split)
     checks.number(limit, "--limit", 0)
-    predictions = predict_split(ctx.obj.project(), split)
+    from alkit.progress import stage
+
+    with stage(f"predict: scoring the {split or 'whole'} split with the newest posterior"):
+        predictions = predict_split(ctx.obj.project(), split)
     if json_output:
         emit_json_lines(p.__dict__ for p in predictions)
         return

@@ -28,7 +28,10 @@ def build(
     checks.number(nlist, "--nlist", 1)
     checks.number(pq, "--pq", 1)
     checks.number(nprobe, "--nprobe", 1)
-    report = build_index(ctx.obj.project(), kind=kind, nlist=nlist, pq_m=pq, nprobe=nprobe)
+    from alkit.progress import stage
+
+    with stage(f"index: building or extending the {kind} FAISS index over the current embeddings"):
+        report = build_index(ctx.obj.project(), kind=kind, nlist=nlist, pq_m=pq, nprobe=nprobe)
     if json_output:
         emit_json(report.as_json())
         return

@@ -121,8 +121,18 @@ def main_options(
     ),
     db: Optional[str] = typer.Option(None, "--db", help="Database file or SQLAlchemy URL (overrides ALKIT_DB and alkit.toml)."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
+    progress: Optional[bool] = typer.Option(
+        None, "--progress/--no-progress",
+        help="Stages and progress bars on stderr [default: when stderr is a terminal and the command has no --json].",
+    ),
 ) -> None:
+    import sys
+
+    from alkit import progress as progress_output
+
     ctx.obj = AppState(project_flag=project, db_flag=db, debug=debug)
+    command_line = [*getattr(ctx, "_protected_args", []), *ctx.args]  # the command and its arguments, still unparsed
+    progress_output.configure(progress_output.decide(progress, "--json" in command_line, sys.stderr.isatty()))
 
 
 def _register_commands() -> None:

@@ -303,6 +303,9 @@ def fit_posterior(project: Project, settings: FitSettings = FitSettings(), force
             curvature_source=previous.curvature_source, prior_precision=None, path=str(previous_dir),
             seconds=round(time.perf_counter() - started, 3), up_to_date=True,
         )
+    from alkit.progress import note as progress_note
+
+    progress_note(f"fit: {kind} posterior ({'refit forced' if force and previous is not None else 'labels or settings changed' if previous is not None else 'no posterior yet'})")
     _, features, labels = labelled_training_set(project, context, kind)
 
     if kind == "bayesvlm":

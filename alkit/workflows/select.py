@@ -16,6 +16,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from alkit.errors import InputError, StateError
+from alkit.progress import note as progress_note, stage
 from alkit.project import Project
 from alkit.storage.db import utcnow
 from alkit.storage.schema import ImageStatus, Split, embeddings, images, labels, round_items, rounds
@@ -152,7 +153,8 @@ def select_round(project: Project, settings: SelectSettings) -> SelectionResult:
     elif posterior is None:
         scores = None
     else:
-        scores = _score(project, context, posterior, candidate_ids, settings, scorer, query_vectors)
+        with stage(f"select: scoring {len(candidate_ids):,} pool images with {settings.strategy} ({method})"):
+            scores = _score(project, context, posterior, candidate_ids, settings, scorer, query_vectors)
 
     if scores is None:
         chosen_positions, method = _cold_start(project, context.spec.id, candidate_ids, settings)
@@ -164,6 +166,7 @@ def select_round(project: Project, settings: SelectSettings) -> SelectionResult:
         chosen_positions = _batch(project, context.spec.id, candidate_ids, scores, settings, notes)
         chosen_scores = [float(scores[p]) for p in chosen_positions]
     chosen_ids = candidate_ids[chosen_positions]
+    progress_note(f"select: chose {len(chosen_ids)} images; recording the round")
     predictions = _predictions(project, context, posterior, chosen_ids)
     round_id, items = _record_round(
         project, context, settings, method, posterior_version, chosen_ids, chosen_scores, predictions
