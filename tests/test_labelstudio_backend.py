@@ -189,3 +189,35 @@ def test_webhook_receiver_checks_the_secret_before_the_body(project):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_serve_backend_command_answers_health_with_basic_auth_and_stops_on_sigint(ls, token_env, cli, make_images):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from lsserver import free_port
+
+    connected_project(cli, ls, make_images, 1)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ALKIT_") or k == "ALKIT_LS_TOKEN"}
+    env.update(ALKIT_BACKEND_USER=AUTH[0], ALKIT_BACKEND_PASSWORD=AUTH[1])
+    process = subprocess.Popen(
+        [sys.executable, "-m", "alkit_cli.main", "--project", str(cli.project_dir), "ls", "serve-backend", "--port", str(port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        def healthy():
+            try:
+                return request(port, "GET", "/health", headers={"Authorization": basic(*AUTH)})
+            except OSError:
+                return None
+
+        assert wait_for(healthy, timeout=60) == (200, {"status": "UP", "model_class": "alkit"})
+        assert request(port, "GET", "/health")[0] == 401
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode in (0, 130), stderr
+    assert "basic auth required" in stderr and AUTH[1] not in stderr and ls.token not in stderr
