@@ -202,3 +202,44 @@ def test_lock_is_exclusive_and_released(project):
         assert path.parent == project.artefacts_dir
     with project_lock(project, "t"):
         pass
+
+
+PRINTABLE = st.text(st.characters(whitelist_categories=("L", "N", "P", "S", "Zs")), min_size=1, max_size=8)
+
+
+@given(st.lists(PRINTABLE.filter(lambda s: s.strip() == s and s), min_size=1, max_size=6, unique=True))
+def test_alkits_own_config_matches_its_classes(names):
+    from alkit.labelstudio.config import config_differences
+
+    assert config_differences(label_config(names), names) == []
+
+
+def test_config_differences_name_the_renamed_control_and_each_added_or_missing_choice():
+    from alkit.labelstudio.config import config_differences
+
+    config = label_config(CLASSES)
+    assert config_differences(config.replace('name="label"', 'name="answer"'), CLASSES) == [
+        "the Choices control is named 'answer' in Label Studio, alkit reads 'label'"
+    ]
+    added = config.replace('<Choice value="bird"/>', '<Choice value="bird"/><Choice value="zebra"/>')
+    assert config_differences(added, CLASSES) == ["choices in Label Studio but not alkit classes: 'zebra'"]
+    dropped = config.replace('<Choice value="dog"/>', "")
+    assert config_differences(dropped, CLASSES) == ["alkit classes missing from the Label Studio choices: 'dog'"]
+    assert config_differences("<View><Image name='image' value='$image'/></View>", CLASSES) == [
+        "the labeling config has no <Choices name='label'> control"
+    ]
+    assert "not valid XML" in config_differences("<View>", CLASSES)[0]
+
+
+def test_task_keys_carry_the_project_and_the_content_and_the_facts_go_into_data():
+    from alkit.labelstudio.mapping import split_task_key, task_key
+
+    key = task_key("p" * 32, "ab" * 32, 5)
+    assert split_task_key({"alkit_key": key}) == ("p" * 32, "ab" * 32)
+    assert task_key("u", None, 5) == "u:id-5"
+    assert split_task_key({"alkit_id": "5"}) is None and split_task_key({"alkit_key": 3}) is None
+    built = build_task(5, "/img.png", None, "v1", key, {"score": 0.25, "rank": 1, "round": 2, "strategy": "bald", "posterior_version": None})
+    assert built == {"data": {
+        "image": "/img.png", "alkit_id": "5", "alkit_key": key, "alkit_project": "p" * 32,
+        "alkit_score": 0.25, "alkit_rank": 1, "alkit_round": 2, "alkit_strategy": "bald",
+    }}
