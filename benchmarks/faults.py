@@ -151,6 +151,13 @@ def hostile_label_studio(work: Path, mode: str) -> tuple[bool, int, int]:
     with fake_label_studio(mode=mode, export=export, slow_s=1.0) as fake:
         write_config_file(directory, {"ls_url": fake.url, "ls_project_id": 7})
         project = open_project(directory)
+        from alkit.storage.db import utcnow
+        from alkit.storage.schema import ls_tasks
+
+        with project.engine.begin() as connection:  # pushed: keyless tasks count only when alkit recorded them
+            connection.execute(ls_tasks.insert(), [
+                {"image_id": i, "ls_project_id": 7, "task_id": 100 + i, "round_id": None, "pushed_at": utcnow()} for i in (1, 2, 3)
+            ])
         client = LabelStudioClient(fake.url, token, timeout_s=0.3, retry=RetryPolicy(attempts=2, base_delay_s=0), sleep=lambda s: None)
         try:
             pull_annotations(project, client)
