@@ -44,3 +44,99 @@ def screenshot_std(url: str, workdir: Path, size: str = "1100,1600") -> float:
     subprocess.run([*chromium_flags(workdir / "profile"), f"--window-size={size}", f"--screenshot={shot}", url],
                    capture_output=True, timeout=120)
     return float(np.asarray(Image.open(shot).convert("L")).std())
+
+
+def _login_cookies(url: str, email: str, password: str) -> dict[str, str]:
+    """Session cookies of a Label Studio user, through its login form (CSRF token included)."""
+    import requests
+
+    session = requests.Session()
+    form = session.get(f"{url}/user/login/", timeout=30)
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form.text)
+    data = {"email": email, "password": password, "csrfmiddlewaretoken": token.group(1) if token else session.cookies.get("csrftoken", "")}
+    response = session.post(f"{url}/user/login/", data=data, headers={"Referer": f"{url}/user/login/"}, timeout=30)
+    assert "sessionid" in session.cookies, f"login to {url} failed ({response.status_code})"
+    return dict(session.cookies)
+
+
+class DevTools:
+    """A minimal Chrome DevTools Protocol session on one headless Chromium page."""
+
+    def __init__(self, workdir: Path):
+        import json
+        import socket
+        import time
+        import urllib.request
+
+        import websocket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self.process = subprocess.Popen(
+            [*chromium_flags(workdir / "devtools-profile"), f"--remote-debugging-port={port}", "--window-size=1280,900",
+             "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=2) as response:
+                    pages = [t for t in json.load(response) if t["type"] == "page"]
+                if pages:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "Chromium's DevTools endpoint did not come up"
+            time.sleep(0.3)
+        self.socket = websocket.create_connection(pages[0]["webSocketDebuggerUrl"], timeout=60, suppress_origin=True)
+        self.next_id = 0
+
+    def call(self, method: str, **params):
+        import json
+
+        self.next_id += 1
+        self.socket.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:
+            message = json.loads(self.socket.recv())
+            if message.get("id") == self.next_id:
+                assert "error" not in message, message["error"]
+                return message.get("result", {})
+
+    def evaluate(self, expression: str):
+        return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+
+    def close(self) -> None:
+        self.socket.close()
+        self.process.terminate()
+        self.process.wait(timeout=20)
+
+
+def label_studio_task_images(url: str, project_id: int, task_id: int, workdir: Path, timeout_s: float = 90.0,
+                             email: str = "admin@example.com", password: str = "admin-pass-123") -> list[dict]:
+    """Open a task's labelling page in headless Chromium as a logged-in user; the page's <img> elements.
+
+    Waits until an image of the task has decoded or `timeout_s` passes; returns
+    [{"src", "complete", "width"}] (width = naturalWidth) and saves `labelling.png`.
+    """
+    import base64
+    import time
+
+    tools = DevTools(workdir)
+    try:
+        tools.call("Network.enable")
+        for name, value in _login_cookies(url, email, password).items():
+            tools.call("Network.setCookie", name=name, value=value, url=url)
+        tools.call("Page.enable")
+        tools.call("Page.navigate", url=f"{url}/projects/{project_id}/data?task={task_id}")
+        script = "[...document.images].map(i => ({src: i.src, complete: i.complete, width: i.naturalWidth}))"
+        deadline = time.monotonic() + timeout_s
+        while True:
+            found = tools.evaluate(script) or []
+            task_images = [i for i in found if "/data/" in i["src"] and "/static/" not in i["src"]]
+            if any(i["complete"] and i["width"] > 0 for i in task_images) or time.monotonic() > deadline:
+                break
+            time.sleep(1.0)
+        shot = tools.call("Page.captureScreenshot", format="png")
+        (workdir / "labelling.png").write_bytes(base64.b64decode(shot["data"]))
+        return found
+    finally:
+        tools.close()

@@ -14,7 +14,8 @@ def demo_run(tmp_path_factory):
 
     directory = tmp_path_factory.mktemp("demo")
     result = CliRunner().invoke(
-        app, ["demo", "--dir", str(directory), "--rounds", "2", "--budget", "10", "--pool-size", "200", "--json"],
+        app, ["demo", "--dir", str(directory), "--rounds", "2", "--budget", "10", "--pool-size", "200", "--seeds", "2",
+              "--json"],
         catch_exceptions=False,
     )
     assert result.exit_code == 0, result.output
@@ -23,13 +24,38 @@ def demo_run(tmp_path_factory):
 
 def test_demo_prints_learning_curves_for_strategy_and_random(demo_run):
     _, payload, log = demo_run
-    assert set(payload["curves"]) == {"bald", "random"}
-    for points in payload["curves"].values():
+    assert set(payload["curves"]) == {"bald", "random"} and payload["seeds"] == 2
+    for name, points in payload["curves"].items():
         assert [p["labels"] for p in points] == [0, 10, 20]
-        assert all(0 <= p["accuracy"] <= 1 and 0 <= p["ece"] <= 1 for p in points)
-    # Both loops start from the same zero-shot posterior.
-    assert payload["curves"]["bald"][0] == payload["curves"]["random"][0]
+        assert all(0 <= p["accuracy_min"] <= p["accuracy"] <= p["accuracy_max"] <= 1 and 0 <= p["ece"] <= 1 for p in points)
+        per_seed = payload["seed_curves"][name]
+        assert len(per_seed) == 2
+        for index, point in enumerate(points):  # the mean curve is the mean of the seeds' curves
+            assert point["accuracy"] == pytest.approx(sum(curve[index]["accuracy"] for curve in per_seed) / 2)
+    # For each seed, both loops start from the same zero-shot posterior.
+    for bald, random in zip(payload["seed_curves"]["bald"], payload["seed_curves"]["random"]):
+        assert bald[0] == random[0]
     assert "pretrained=PATH" in log and "zero-shot" not in payload["files"]
+
+
+def test_demo_measures_its_encoder(demo_run):
+    """Zero-shot and linear-probe accuracy, printed and in the JSON, recomputed here independently."""
+    _, payload, log = demo_run
+    encoder = payload["encoder"]
+    assert 0 < encoder["zero_shot_accuracy"] < 1 and 0 < encoder["linear_probe_accuracy"] <= 1
+    assert encoder["pool_size"] == 2000 and encoder["test_size"] == 500
+    assert f"{encoder['linear_probe_accuracy']:.3f} (the ceiling)" in log
+
+    import numpy as np
+
+    from alkit.demo.data import class_prompts, images_to_tensor, make_demo_split
+    from alkit.demo.tiny_clip import create_tiny_clip
+    from alkit.demo.zero_shot import zero_shot_probs
+
+    split = make_demo_split(seed=0)
+    model, preprocess, tokenizer = create_tiny_clip(payload["model_checkpoint"])
+    probs = zero_shot_probs(model, tokenizer, images_to_tensor(split.test_images, preprocess), class_prompts())
+    assert encoder["zero_shot_accuracy"] == pytest.approx(float(np.mean(probs.argmax(1) == split.test_labels)))
 
 
 def test_demo_uses_bayesvlm_and_records_rounds(demo_run):
@@ -54,49 +80,46 @@ def test_demo_writes_report_with_embedded_plots(demo_run):
     _, payload, _ = demo_run
     from pathlib import Path
 
-    for key in ("learning_curve_accuracy", "learning_curve_ece", "reliability"):
+    for key in ("learning_curve_accuracy", "learning_curve_ece", "reliability", "confusion_matrix"):
         data = Path(payload["files"][key]).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
     html = Path(payload["files"]["report"]).read_text()
-    assert html.count("data:image/png;base64,") == 3
+    for section in ("demo-comparison", "gallery", "class-balance", "scores", "learning-curve", "calibration", "confusion"):
+        assert f'<section id="{section}">' in html
+    # The selected images of both rounds (10 each) are in the gallery, plus the plots.
+    assert html.count('<div class="tile') == 20 and html.count("data:image/png;base64,") >= 20 + 6
+    assert "linear probe trained on all 2000 pool labels (the ceiling)" in html
 
 
 def test_report_renders_in_headless_chromium(demo_run, tmp_path):
-    """Debian's chromium (installed by .ci/run) loads the self-contained report: the DOM it
-    builds holds the three embedded plots, and its screenshot is not blank."""
-    import shutil
-    import subprocess
+    """Debian's chromium (installed by .ci/run) loads the self-contained demo report: every
+    image decodes, every section is there, and its screenshot is not blank."""
     from pathlib import Path
 
-    import numpy as np
-    from PIL import Image
+    from browser import probe_static_page, screenshot_std
 
     _, payload, _ = demo_run
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert browser, "chromium not found: apt-get install chromium (.ci/run does)"
-    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}"]
-    url = Path(payload["files"]["report"]).as_uri()
-    dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
-    assert dom.count('src="data:image/png;base64,') == 3 and "alkit demo" in dom
-    shot = tmp_path / "report.png"
-    subprocess.run([*flags, "--window-size=900,1400", f"--screenshot={shot}", url], capture_output=True, timeout=120)
-    pixels = np.asarray(Image.open(shot).convert("L"))
-    assert pixels.std() > 10  # text, tables and plots, not an empty page
+    page = Path(payload["files"]["report"])
+    seen = probe_static_page(page, tmp_path)
+    assert seen["broken"] == 0 and seen["images"] == page.read_text().count("<img ") >= 26
+    assert seen["sections"][:2] == ["demo-comparison", "gallery"]
+    assert screenshot_std(page.as_uri(), tmp_path) > 10
 
 
+@pytest.mark.labelstudio
 def test_demo_through_a_real_label_studio_server(ls, token_env, tmp_path):
-    """`alkit demo --label-studio URL`: rounds are pushed as tasks, answered through the API
-    and pulled back as Label Studio labels."""
+    """`alkit demo --label-studio URL --ls-local-files-root DIR`: rounds are pushed as tasks whose
+    images the server serves (the labelling page in headless Chromium shows a decoded image),
+    answered through the API and pulled back as Label Studio labels."""
     from typer.testing import CliRunner
 
     from alkit_cli.main import app
+    from browser import label_studio_task_images
 
     directory = tmp_path / "demo-ls"
     result = CliRunner().invoke(
-        app, ["demo", "--dir", str(directory), "--rounds", "1", "--budget", "5", "--pool-size", "60",
-              "--label-studio", ls.url, "--json"],
+        app, ["demo", "--dir", str(directory), "--rounds", "1", "--budget", "5", "--pool-size", "60", "--seeds", "1",
+              "--label-studio", ls.url, "--ls-local-files-root", str(ls.files_root), "--json"],
         catch_exceptions=False,
     )
     assert result.exit_code == 0, result.output
@@ -107,7 +130,22 @@ def test_demo_through_a_real_label_studio_server(ls, token_env, tmp_path):
     engine = sa.create_engine(f"sqlite:///{directory / 'project-bald' / 'alkit.db'}")
     with engine.connect() as connection:
         sources = connection.execute(sa.text("SELECT source, count(*) FROM labels WHERE annotator != 'test-key' GROUP BY source")).all()
+        task = connection.execute(sa.text("SELECT ls_project_id, task_id FROM ls_tasks ORDER BY task_id LIMIT 1")).one()
         tasks = connection.execute(sa.text("SELECT count(*) FROM ls_tasks")).scalar()
     engine.dispose()
     assert [tuple(row) for row in sources] == [("labelstudio", 5)] and tasks == 5
     assert token_env not in result.output
+    found = label_studio_task_images(ls.url, task.ls_project_id, task.task_id, tmp_path)
+    loaded = [i for i in found if "local-files" in i["src"] and i["complete"] and i["width"] > 0]
+    assert loaded, f"no task image decoded on the labelling page: {found}"
+
+
+def test_demo_label_studio_without_a_files_root_says_which_setting(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from alkit_cli.main import app
+
+    monkeypatch.setenv("ALKIT_LS_TOKEN", "x")
+    result = CliRunner().invoke(app, ["demo", "--dir", str(tmp_path / "d"), "--label-studio", "http://127.0.0.1:9"])
+    assert result.exit_code == 4
+    assert "--ls-local-files-root" in result.output and "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT" in result.output

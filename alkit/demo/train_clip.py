@@ -29,7 +29,7 @@ import numpy as np
 from alkit.demo.data import CLASS_NAMES
 
 # Bump when the training code changes in a way that changes the weights (invalidates caches).
-TRAINING_CODE_VERSION = 1
+TRAINING_CODE_VERSION = 2  # 2: shifted-style views (rotation + noise) during training
 
 CAPTION_TEMPLATES: tuple[str, ...] = (
     "a photo of the digit {}",
@@ -55,6 +55,18 @@ class TinyClipTrainSettings:
     templates: tuple[str, ...] = CAPTION_TEMPLATES
     class_names: tuple[str, ...] = CLASS_NAMES
     max_steps: int | None = None  # stop early (for tests); None = all epochs
+    # Shifted-style views of each batch (random rotation + Gaussian noise, like the demo's
+    # pool): `view_weight` weighs a label-supervised contrastive loss between two such views,
+    # which teaches the image tower features that separate the classes under the shift;
+    # `caption_view_fraction` of the caption pairs use a shifted view instead of the clean image.
+    view_weight: float = 0.0
+    caption_view_fraction: float = 0.0
+    view_rotation_degrees: float = 35.0
+    view_noise_std: float = 0.25
+    view_invert: bool = False  # views with inverted contrast (white background), as `ShiftSettings.invert`
+    view_temperature: float = 0.1
+    view_head: bool = True  # the view loss on a separate linear head over phi, not on the text-aligned embedding
+    view_labels: bool = True  # supervised contrastive (same class = positive) or SimCLR (same image only)
 
 
 @dataclass
@@ -101,6 +113,67 @@ def multi_positive_info_nce(image_emb, text_emb, labels, logit_scale):
     return (image_to_text + text_to_image) / 2
 
 
+def supervised_view_contrastive(first, second, labels, temperature: float):
+    """Supervised contrastive loss (Khosla et al. 2020) over two views; scalar.
+
+    first, second: (B, D) unit-norm embeddings of two views of the same B images; labels (B,).
+    Every other embedding of the same label (either view) is a positive of an anchor, the
+    rest of the 2B - 1 embeddings are its negatives; mean over anchors of -mean log p(positive).
+    """
+    import torch
+
+    z = torch.cat([first, second])  # (2B, D)
+    y = torch.cat([labels, labels])
+    logits = z @ z.T / temperature
+    self_mask = torch.eye(len(z), dtype=torch.bool)
+    logits = logits.masked_fill(self_mask, float("-inf"))
+    positives = (y[:, None] == y[None, :]) & ~self_mask
+    log_prob = torch.log_softmax(logits, dim=1).masked_fill(~positives, 0.0)
+    return -(log_prob.sum(dim=1) / positives.sum(dim=1).clamp(min=1)).mean()
+
+
+def shifted_views(pixels, generator, max_rotation_degrees: float, noise_std: float, invert: bool = False):
+    """Random rotation (bilinear, zero fill), optional inversion, Gaussian noise of grey images (B, H, W) in [0, 1].
+
+    The same steps in the same order as `alkit.demo.data.shift_style`, in torch, per batch.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    angles = (torch.rand(len(pixels), generator=generator) * 2 - 1) * math.radians(max_rotation_degrees)
+    cos, sin = torch.cos(angles), torch.sin(angles)
+    zeros = torch.zeros_like(cos)
+    theta = torch.stack([torch.stack([cos, -sin, zeros], 1), torch.stack([sin, cos, zeros], 1)], 1)  # (B, 2, 3)
+    grid = F.affine_grid(theta, (len(pixels), 1, *pixels.shape[1:]), align_corners=False)
+    rotated = F.grid_sample(pixels[:, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[:, 0]
+    if invert:
+        rotated = 1.0 - rotated
+    noisy = rotated + noise_std * torch.randn(rotated.shape, generator=generator)
+    return noisy.clamp(0.0, 1.0)
+
+
+def _head_embedding(model, head, images):
+    """Unit-norm `head(phi)` for preprocessed images: phi is the input of `visual.proj`."""
+    import torch.nn.functional as F
+
+    from alkit.demo.tiny_clip import projection_removed
+
+    with projection_removed(model.visual, "proj"):
+        phi = model.visual(images)
+    return F.normalize(head(phi), dim=-1)
+
+
+def _normaliser(preprocess):
+    """(B, H, W) grey in [0, 1] -> (B, 3, H, W) as the model's own transform would give (RGB, Normalize)."""
+    import torch
+    from torchvision.transforms import Normalize
+
+    normalize = next(t for t in preprocess.transforms if isinstance(t, Normalize))
+    mean = torch.tensor(normalize.mean, dtype=torch.float32)[None, :, None, None]
+    std = torch.tensor(normalize.std, dtype=torch.float32)[None, :, None, None]
+    return lambda grey: (grey[:, None].expand(-1, 3, -1, -1) - mean) / std
+
+
 def train_tiny_clip(
     images: np.ndarray,
     labels: np.ndarray,
@@ -126,6 +199,9 @@ def train_tiny_clip(
         model, preprocess, tokenizer = create_tiny_clip(None, name=model_name or TINY_CLIP_NAME, seed=settings.seed)
         model.train()
         pixels = images_to_tensor(images, preprocess)  # (n, 3, 28, 28)
+        grey = torch.as_tensor(np.asarray(images), dtype=torch.float32) / 255.0  # (n, 28, 28)
+        to_input = _normaliser(preprocess)
+        use_views = settings.view_weight > 0 or settings.caption_view_fraction > 0
         targets = torch.as_tensor(labels, dtype=torch.long)
         # All captions tokenised once: (classes, templates, context_length).
         captions = tokenizer([t.format(c) for c in settings.class_names for t in settings.templates])
@@ -140,6 +216,14 @@ def train_tiny_clip(
         # ~20 of its rows, and a dense AdamW update of all of them dominated the step time.
         model.token_embedding.weight.requires_grad_(False)
         trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+        head = None
+        if settings.view_weight > 0 and settings.view_head:
+            # A throw-away head (not saved): the view loss shapes phi without pulling the shifted
+            # images onto the text-aligned embedding, as a projection head does in SimCLR.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(settings.seed + 1)
+                head = torch.nn.Linear(model.visual.proj.shape[0], model.visual.proj.shape[1])
+            trainable += list(head.parameters())
         optimiser = torch.optim.AdamW(trainable, lr=settings.learning_rate, weight_decay=settings.weight_decay)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimiser, lambda step: _warmup_cosine(step, settings.warmup_steps, total_steps)
@@ -154,9 +238,23 @@ def train_tiny_clip(
                 batch = order[start : start + settings.batch_size]
                 batch_labels = targets[batch]
                 template = torch.randint(len(settings.templates), (len(batch),), generator=generator)
-                image_emb = model.encode_image(pixels[batch], normalize=True)
+                batch_pixels = pixels[batch]
+                if use_views:
+                    views = [to_input(shifted_views(grey[batch], generator, settings.view_rotation_degrees,
+                                                    settings.view_noise_std, settings.view_invert)) for _ in range(2)]
+                    swap = torch.rand(len(batch), generator=generator) < settings.caption_view_fraction
+                    batch_pixels = torch.where(swap[:, None, None, None], views[0], batch_pixels)
+                image_emb = model.encode_image(batch_pixels, normalize=True)
                 text_emb = model.encode_text(captions[batch_labels, template], normalize=True)
                 loss = multi_positive_info_nce(image_emb, text_emb, batch_labels, model.logit_scale)
+                if settings.view_weight > 0:
+                    if head is None:
+                        first, second = (model.encode_image(view, normalize=True) for view in views)
+                    else:
+                        first, second = (_head_embedding(model, head, view) for view in views)
+                    view_labels = batch_labels if settings.view_labels else torch.arange(len(batch))
+                    loss = loss + settings.view_weight * supervised_view_contrastive(
+                        first, second, view_labels, settings.view_temperature)
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 optimiser.step()
@@ -243,3 +341,25 @@ def ensure_demo_model(
     }
     path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2))
     return path
+
+
+def demo_model_quality(checkpoint: str | Path, data_seed: int = 0) -> dict:
+    """Zero-shot and linear-probe accuracy of a demo checkpoint (`alkit.demo.quality`), cached in its sidecar.
+
+    Measured once per checkpoint (a few seconds) and stored in the `.json` next to it.
+    """
+    from alkit.demo.data import make_demo_split
+    from alkit.demo.quality import encoder_quality
+
+    sidecar_path = Path(checkpoint).with_suffix(".json")
+    try:
+        sidecar = json.loads(sidecar_path.read_text())
+    except (OSError, ValueError):
+        sidecar = {}
+    if isinstance(sidecar.get("quality"), dict) and sidecar.get("quality_data_seed") == data_seed:
+        return sidecar["quality"]
+    quality = encoder_quality(checkpoint, make_demo_split(seed=data_seed)).as_json()
+    partial = sidecar_path.with_name(sidecar_path.name + f".partial-{os.getpid()}")
+    partial.write_text(json.dumps({**sidecar, "quality": quality, "quality_data_seed": data_seed}, indent=2))
+    partial.replace(sidecar_path)
+    return quality
