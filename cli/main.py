@@ -41,6 +41,9 @@ class AppState:
         return self._project
 
 
+COMMAND_LINE_KEY = "alkit.command_line"
+
+
 class AlkitGroup(TyperGroup):
     """Maps alkit's error hierarchy to one-line messages and exit codes, for every command."""
 
@@ -51,6 +54,8 @@ class AlkitGroup(TyperGroup):
     def invoke(self, ctx) -> Any:
         from alkit.errors import AlkitError, from_environment
 
+        # the command and its arguments, still unparsed: the callback below decides on progress with them
+        ctx.meta[COMMAND_LINE_KEY] = [*getattr(ctx, "_protected_args", []), *ctx.args]
         try:
             try:
                 return super().invoke(ctx)
@@ -131,8 +136,40 @@ def main_options(
     from alkit import progress as progress_output
 
     ctx.obj = AppState(project_flag=project, db_flag=db, debug=debug)
-    command_line = [*getattr(ctx, "_protected_args", []), *ctx.args]  # the command and its arguments, still unparsed
+    if debug:  # third-party log records (e.g. open_clip's hub errors) are shown only here
+        import logging
+
+        logging.basicConfig(level=logging.INFO)
+        logging.getLogger("alkit").setLevel(logging.DEBUG)
+    command_line = ctx.meta.get(COMMAND_LINE_KEY, [])
     progress_output.configure(progress_output.decide(progress, "--json" in command_line, sys.stderr.isatty()))
+    if command_line and command_line[0] in LABEL_STUDIO_STEPS and not {"-h", "--help"} & set(command_line):
+        _announce(ctx, LABEL_STUDIO_STEPS[command_line[0]])
+
+
+# Commands whose workflows talk to Label Studio for a while: announced on stderr when they start
+# and, when they took longer than a couple of seconds, when they end.
+LABEL_STUDIO_STEPS = {
+    "sync": "sync: pull -> refit -> select -> push",
+    "push": "push: sending the round's tasks with predictions to Label Studio",
+    "pull": "pull: fetching annotations from Label Studio",
+}
+
+
+def _announce(ctx: typer.Context, description: str) -> None:
+    import time
+
+    from alkit import progress as progress_output
+
+    progress_output.note(f"{description} ...")
+    started = time.perf_counter()
+
+    def finished() -> None:
+        elapsed = time.perf_counter() - started
+        if elapsed >= progress_output.SLOW_STAGE_S:
+            progress_output.note(f"{description.split(':')[0]}: finished in {elapsed:.1f} s")
+
+    ctx.call_on_close(finished)
 
 
 def _register_commands() -> None:

@@ -189,6 +189,15 @@ def test_environment_seed_out_of_range_is_a_config_error(cli, monkeypatch):
     _one_line_error(cli("status"), 3, "environment variable ALKIT_SEED: seed must be >= 0")
 
 
+def test_hub_download_failure_is_one_clean_line(cli, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the download fails at once, as with no network
+    assert cli("init").exit_code == 0
+    result = cli("embed", "--model", "RN50", "--pretrained", "openai", "--no-progress")
+    _one_line_error(result, 6, "cannot load RN50 weights 'openai'")
+    assert "ERROR:root" not in result.output and "check the network or download the checkpoint" in result.stderr
+    assert result.stderr.rstrip().endswith("pass --pretrained PATH")
+
+
 def test_duplicate_label_rows_are_reported(cli, fitted, tmp_path):
     (tmp_path / "dup.csv").write_text(f"path,label\n{fitted[6]},a\n{fitted[6]},b\n{fitted[7]},a\n{fitted[7]},a\n")
     payload = json.loads(cli("labels", "import", str(tmp_path / "dup.csv"), "--json").stdout)

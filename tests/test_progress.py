@@ -61,3 +61,18 @@ def test_json_without_progress_flag_keeps_stderr_quiet(cli, pool):
     assert fitted.exit_code == 0 and fitted.stderr == ""
     selected = cli("select", "--budget", "2", "--json")
     assert selected.exit_code == 0 and selected.stderr == ""
+
+
+def test_the_cli_sees_json_mode_and_the_flag(cli, monkeypatch):
+    import alkit.progress
+
+    seen = []
+    monkeypatch.setattr(alkit.progress, "decide", lambda flag, json_mode, terminal: seen.append((flag, json_mode)) or False)
+    assert cli("init").exit_code == 0
+    cli("status", "--json")
+    cli("status")
+    from alkit_cli.main import app
+    from typer.testing import CliRunner
+
+    CliRunner().invoke(app, ["--project", str(cli.project_dir), "--no-progress", "status", "--json"])
+    assert seen[1:] == [(None, True), (None, False), (False, True)]

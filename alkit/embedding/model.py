@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -188,6 +189,32 @@ class OpenClipEncoder:
         return tensors
 
 
+@contextlib.contextmanager
+def quiet_third_party_logging():
+    """open_clip logs a failed hub download on the root logger before raising; alkit reports the
+    error itself in one line, so those records are dropped unless alkit runs with --debug."""
+    if logging.getLogger("alkit").isEnabledFor(logging.DEBUG):
+        yield
+        return
+    previous = logging.root.manager.disable
+    logging.disable(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
+def one_line_reason(error: BaseException, limit: int = 400) -> str:
+    """The first line of an error, whole: cut only at a sentence or word end, never mid-word."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    if len(text) <= limit:
+        return text.rstrip(".")
+    cut = text.rfind(". ", 0, limit)
+    if cut < limit // 2:
+        cut = text.rfind(" ", 0, limit)
+    return text[:cut].rstrip(".,;:") + " (...)"
+
+
 def load_open_clip(architecture: str, weights: WeightsSource, device: str = "cpu", precision: str = "fp32") -> OpenClipEncoder:
     """Create the model (downloading a hub tag's weights if needed) in eval mode."""
     import open_clip
@@ -204,11 +231,11 @@ def load_open_clip(architecture: str, weights: WeightsSource, device: str = "cpu
     if weights.kind == "random" and "pretrained_text" in parameters:
         kwargs["pretrained_text"] = False  # no hub download of HF text towers for random weights
     try:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), quiet_third_party_logging():
             torch.manual_seed(weights.random_seed or 0)
             model, _, preprocess = open_clip.create_model_and_transforms(architecture, **kwargs)
     except RuntimeError as error:
-        message = str(error).splitlines()[0][:300]
+        message = one_line_reason(error)
         if weights.kind == "tag":
             raise ExternalServiceError(
                 f"cannot load {architecture} weights {weights.value!r}: {message}; check the network or "
