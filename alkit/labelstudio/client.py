@@ -21,6 +21,7 @@ from alkit.labelstudio.config import DATA_TASK_KEY
 
 LOOKUP_CHUNK = 50  # task keys (~100 characters each) per regex filter when looking up existing tasks
 PAGE_SIZE = 500
+ID_PAGE_SIZE = 5000  # ids only: ~20 requests for 100k tasks
 
 
 @dataclass(frozen=True)
@@ -222,7 +223,8 @@ class LabelStudioClient:
 
     def task_ids(self, project_id: int) -> set[int]:
         """The ids of every task of the project (to notice tasks deleted in Label Studio)."""
-        return {task["id"] for task in self._pages(project_id, {}, fields="task_only", include="id", what="list task ids")}
+        pages = self._pages(project_id, {}, fields="task_only", include="id", what="list task ids", page_size=ID_PAGE_SIZE)
+        return {task["id"] for task in pages}
 
     def delete_task(self, task_id: int) -> None:
         self._call(f"delete task {task_id}", lambda: self._sdk.tasks.delete(id=str(task_id)))
@@ -303,7 +305,9 @@ class LabelStudioClient:
         if page:
             yield page
 
-    def _pages(self, project_id: int, query: dict, fields: str, what: str, include: str | None = None) -> Iterator[dict]:
+    def _pages(
+        self, project_id: int, query: dict, fields: str, what: str, include: str | None = None, page_size: int = PAGE_SIZE
+    ) -> Iterator[dict]:
         """Every task matching `query`, page by page (each page retried on its own)."""
         seen, number = 0, 1
         extra = {"include": include} if include else {}
@@ -311,7 +315,7 @@ class LabelStudioClient:
             pager = self._call(
                 f"{what} in project {project_id} (page {number})",
                 lambda: self._sdk.tasks.list(
-                    project=project_id, page=number, page_size=PAGE_SIZE, fields=fields,
+                    project=project_id, page=number, page_size=page_size, fields=fields,
                     query=json.dumps(query), **extra,
                 ),
             )

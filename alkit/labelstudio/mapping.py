@@ -79,12 +79,6 @@ def split_task_key(data: Mapping[str, Any] | None) -> tuple[str, str] | None:
     return project_part, image_part
 
 
-def non_finite(value: Any) -> bool:
-    import math
-
-    return isinstance(value, float) and not math.isfinite(value)
-
-
 def build_task(
     image_id: int,
     image_ref: str,
