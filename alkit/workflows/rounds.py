@@ -69,20 +69,19 @@ class RoundProgress:
 def round_progress(project: Project, round_ids: list[int] | None = None) -> list[RoundProgress]:
     """Progress of every round (or of `round_ids`), oldest first."""
     has_label = sa.exists().where(labels.c.image_id == round_items.c.image_id)
-    query = sa.select(
-        round_items.c.round_id, round_items.c.outcome, has_label.label("labelled"), sa.func.count().label("n")
-    ).group_by(round_items.c.round_id, round_items.c.outcome, has_label)
+    query = sa.select(round_items.c.round_id, round_items.c.outcome, has_label.label("labelled"))
     now = datetime.now(timezone.utc)
     with project.engine.connect() as connection:
         round_query = sa.select(rounds).order_by(rounds.c.id)
         if round_ids is not None:
             round_query = round_query.where(rounds.c.id.in_(round_ids))
+            query = query.where(round_items.c.round_id.in_(round_ids))
         round_rows = connection.execute(round_query).all()
         counts: dict[int, dict[str, int]] = {}
-        for row in connection.execute(query):
+        for row in connection.execute(query):  # one row per item, counted here: portable, rounds are small
             bucket = counts.setdefault(row.round_id, {})
             key = "labelled" if row.labelled else (row.outcome or "waiting")
-            bucket[key] = bucket.get(key, 0) + int(row.n)
+            bucket[key] = bucket.get(key, 0) + 1
     result = []
     for row in round_rows:
         bucket = counts.get(row.id, {})
