@@ -19,17 +19,27 @@ from alkit.errors import StateError
 PAIRS = 12  # repetitions; the old read-then-write check shared images in about 1 of 10
 
 
-@pytest.fixture
-def embedded_pool(cli, make_images, tmp_path):
+def _make_pool(cli, make_images, tmp_path, *init_args):
     paths = make_images(24)
     vectors = np.random.default_rng(1).normal(size=(len(paths), 8)).astype(np.float32)
     npz = tmp_path / "emb.npz"
     np.savez(npz, paths=np.array([str(p) for p in paths]), embeddings=vectors)
-    assert cli("init").exit_code == 0
+    assert cli("init", *init_args).exit_code == 0
     assert cli("add", str(paths[0].parent)).exit_code == 0
     assert cli("classes", "set", "a", "b").exit_code == 0
     assert cli("embed", "--from", str(npz), "--name", "synthetic").exit_code == 0
     return cli.project_dir
+
+
+@pytest.fixture
+def embedded_pool(cli, make_images, tmp_path):
+    return _make_pool(cli, make_images, tmp_path)
+
+
+def _engine(project_dir):
+    from alkit.project import open_project
+
+    return open_project(project_dir).engine
 
 
 def _select_at_barrier(project_dir, barrier, results, seed):
@@ -53,7 +63,7 @@ def _select_at_barrier(project_dir, barrier, results, seed):
 
 
 def _rounds(project_dir):
-    engine = sa.create_engine(f"sqlite:///{project_dir / 'alkit.db'}")
+    engine = _engine(project_dir)
     with engine.connect() as connection:
         items = connection.execute(sa.text("SELECT round_id, image_id FROM round_items")).all()
         selected = connection.execute(sa.text("SELECT count(*) FROM images WHERE status = 'selected'")).scalar_one()
@@ -63,7 +73,7 @@ def _rounds(project_dir):
 
 
 def _reopen_everything(project_dir):
-    engine = sa.create_engine(f"sqlite:///{project_dir / 'alkit.db'}")
+    engine = _engine(project_dir)
     with engine.begin() as connection:
         connection.execute(sa.text("DELETE FROM round_items"))
         connection.execute(sa.text("DELETE FROM rounds"))
@@ -72,10 +82,22 @@ def _reopen_everything(project_dir):
 
 
 def test_two_concurrent_selects_never_share_images(embedded_pool):
+    _race(embedded_pool, PAIRS)
+
+
+def test_two_concurrent_selects_never_share_images_on_postgresql(pg_url, cli, make_images, tmp_path):
+    from pgserver import fresh_database
+
+    project_dir = _make_pool(cli, make_images, tmp_path, "--db", fresh_database(pg_url, "select_race"))
+    _race(project_dir, PAIRS // 2)
+
+
+def _race(project_dir, pairs):
     import alkit.workflows.select  # noqa: F401 - imported before forking so the children start fast
 
+    embedded_pool = project_dir
     context = multiprocessing.get_context("fork")
-    for pair in range(PAIRS):
+    for pair in range(pairs):
         barrier, results = context.Barrier(2), context.Queue()
         children = [context.Process(target=_select_at_barrier, args=(embedded_pool, barrier, results, 7)) for _ in range(2)]
         for child in children:
