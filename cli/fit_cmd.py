@@ -32,6 +32,10 @@ def fit(
     checks.number(candidate_batch_size, "--candidate-batch-size", 1)
     checks.number(epochs, "--epochs", 1)
     checks.number(learning_rate, "--learning-rate", 0, above=True)
+    checks.requires(factors is not None and pairs is not None, "--factors", "no --pairs (both give the curvature; choose one)")
+    checks.requires(
+        (factors is not None or pairs is not None) and posterior == "laplace_head", "--factors/--pairs", "--posterior bayesvlm"
+    )
     checks.existing(factors, "--factors", "dir")
     checks.existing(pairs, "--pairs", "file")
     from alkit.progress import stage

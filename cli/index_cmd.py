@@ -51,6 +51,8 @@ def similar(
     from alkit.workflows.index import similar as find_similar
 
     checks.number(k, "-k", 1)
+    if sum(value is not None for value in (image, text, image_id)) != 1:
+        raise typer.BadParameter("give exactly one of IMAGE, --text or --id")
     checks.existing(image, "IMAGE", "file")
     rows = find_similar(ctx.obj.project(), image=image, text=text, image_id=image_id, k=k)
     if json_output:
