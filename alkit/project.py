@@ -36,7 +36,7 @@ class Project:
         inside it (so a moved or copied project keeps pointing at its own files), else absolute."""
         absolute = Path(path).absolute()
         try:
-            return absolute.relative_to(self.directory).as_posix()
+            return absolute.relative_to(self.directory.absolute()).as_posix()
         except ValueError:
             return str(absolute)
 

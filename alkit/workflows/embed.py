@@ -191,8 +191,12 @@ def choose_model(project: Project) -> PlannedSpec:
         return plan_spec(settings.model, pretrained, settings.seed)
     recorded = _recorded_model(project)
     if recorded is None or recorded.kind != OPEN_CLIP_KIND:
-        what = "no embedding model yet" if recorded is None else f"its current embedding space {recorded.name!r} was imported from a file"
-        raise InputError(f"{'--model ' + settings.model + ' without --pretrained' if model_given else 'no model given'} and the project has {what}; {NO_MODEL_HINT}")
+        given = f"--model {settings.model} without --pretrained" if model_given else "no model given"
+        what = (
+            "the project has no embedding model yet" if recorded is None
+            else f"the project's current embedding space {recorded.name!r} was imported from a file (it has no model)"
+        )
+        raise InputError(f"{given}, and {what}; {NO_MODEL_HINT}")
     architecture = recorded.spec["architecture"]
     if model_given and settings.model != architecture:
         raise InputError(
