@@ -24,7 +24,8 @@ def connect(
     project_id: Optional[int] = typer.Option(None, "--project-id", help="Use this existing Label Studio project."),
     create: Optional[str] = typer.Option(None, "--create", help="Create a project with this title (labeling config from the class list)."),
     local_files_root: Optional[str] = typer.Option(
-        None, "--local-files-root", help="The server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT: images are served from it."
+        None, "--local-files-root",
+        help="The server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT: images are served from it (neither this nor --image-url-prefix given: kept as in alkit.toml).",
     ),
     image_url_prefix: Optional[str] = typer.Option(None, "--image-url-prefix", help="URL prefix that already serves the images over HTTP."),
     adopt: bool = typer.Option(
