@@ -57,6 +57,8 @@ def _hostile(case, images, tmp_path):
         return _npz(tmp_path / "x.npz", images, vectors)
     if case == "string_embeddings":
         return _npz(tmp_path / "x.npz", images, vectors.astype(str))
+    if case == "object_embeddings":  # needs pickle to load, which alkit never does
+        return _npz(tmp_path / "x.npz", images, vectors.astype(object))
     if case == "bool_embeddings":
         return _npz(tmp_path / "x.npz", images, vectors > 0)
     if case == "nan_text":
@@ -85,6 +87,7 @@ CASES = {
     "near_zero_row": "zero or near-zero rows",
     "string_embeddings": "must hold numbers",
     "bool_embeddings": "must hold numbers",
+    "object_embeddings": "not plain arrays",
     "nan_text": "`text_embeddings` has 2 rows with NaN",
     "string_text": "`text_embeddings` must hold numbers",
     "zero_text": "`text_embeddings` has 2 zero",
