@@ -114,8 +114,10 @@ def label_studio_task_images(url: str, project_id: int, task_id: int, workdir: P
                              email: str = "admin@example.com", password: str = "admin-pass-123") -> list[dict]:
     """Open a task's labelling page in headless Chromium as a logged-in user; the page's <img> elements.
 
-    Waits until an image of the task has decoded or `timeout_s` passes; returns
-    [{"src", "complete", "width"}] (width = naturalWidth) and saves `labelling.png`.
+    Waits until the labelling panel shows a decoded image of the task (drawn at least 100
+    pixels wide, unlike the data manager's thumbnails) or `timeout_s` passes; returns
+    [{"src", "complete", "width", "shown"}] (width = naturalWidth, shown = drawn width in
+    CSS pixels) and saves `labelling.png`. `labelling_panel_image` picks the one that counts.
     """
     import base64
     import time
@@ -127,12 +129,16 @@ def label_studio_task_images(url: str, project_id: int, task_id: int, workdir: P
             tools.call("Network.setCookie", name=name, value=value, url=url)
         tools.call("Page.enable")
         tools.call("Page.navigate", url=f"{url}/projects/{project_id}/data?task={task_id}")
-        script = "[...document.images].map(i => ({src: i.src, complete: i.complete, width: i.naturalWidth}))"
+        script = ("[...document.images].map(i => ({src: i.src, complete: i.complete, width: i.naturalWidth, "
+                  "shown: Math.round(i.getBoundingClientRect().width)}))")
         deadline = time.monotonic() + timeout_s
         while True:
             found = tools.evaluate(script) or []
-            task_images = [i for i in found if "/data/" in i["src"] and "/static/" not in i["src"]]
-            if any(i["complete"] and i["width"] > 0 for i in task_images) or time.monotonic() > deadline:
+            # The labelling panel fetches the task's image and shows it from a blob: URL.
+            task_images = [i for i in found if i["src"].startswith("blob:") or ("/data/" in i["src"] and "/static/" not in i["src"])]
+            if any(i["complete"] and i["width"] > 0 and i["shown"] >= 100 for i in task_images):
+                break
+            if time.monotonic() > deadline:
                 break
             time.sleep(1.0)
         shot = tools.call("Page.captureScreenshot", format="png")
@@ -140,3 +146,9 @@ def label_studio_task_images(url: str, project_id: int, task_id: int, workdir: P
         return found
     finally:
         tools.close()
+
+
+def labelling_panel_image(found: list[dict]) -> dict | None:
+    """The image the labelling panel shows (fetched by the editor, drawn from a blob: URL), if decoded."""
+    shown = [i for i in found if i["src"].startswith("blob:") and i["complete"] and i["width"] > 0 and i["shown"] >= 100]
+    return shown[0] if shown else None

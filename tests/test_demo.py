@@ -114,7 +114,7 @@ def test_demo_through_a_real_label_studio_server(ls, token_env, tmp_path):
     from typer.testing import CliRunner
 
     from alkit_cli.main import app
-    from browser import label_studio_task_images
+    from browser import label_studio_task_images, labelling_panel_image
 
     directory = tmp_path / "demo-ls"
     result = CliRunner().invoke(
@@ -136,8 +136,9 @@ def test_demo_through_a_real_label_studio_server(ls, token_env, tmp_path):
     assert [tuple(row) for row in sources] == [("labelstudio", 5)] and tasks == 5
     assert token_env not in result.output
     found = label_studio_task_images(ls.url, task.ls_project_id, task.task_id, tmp_path)
-    loaded = [i for i in found if "local-files" in i["src"] and i["complete"] and i["width"] > 0]
-    assert loaded, f"no task image decoded on the labelling page: {found}"
+    image = labelling_panel_image(found)
+    assert image is not None and image["width"] == 28, f"the labelling panel shows no decoded task image: {found}"
+    assert any("local-files" in i["src"] and i["width"] > 0 for i in found)  # the data manager's thumbnail too
 
 
 def test_demo_label_studio_without_a_files_root_says_which_setting(tmp_path, monkeypatch):
@@ -149,3 +150,34 @@ def test_demo_label_studio_without_a_files_root_says_which_setting(tmp_path, mon
     result = CliRunner().invoke(app, ["demo", "--dir", str(tmp_path / "d"), "--label-studio", "http://127.0.0.1:9"])
     assert result.exit_code == 4
     assert "--ls-local-files-root" in result.output and "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT" in result.output
+
+
+@pytest.mark.labelstudio
+def test_pushed_task_of_an_ordinary_project_shows_its_image(ls, token_env, cli, tmp_path):
+    """`alkit ls connect --local-files-root` + `alkit push` on a plain project: the labelling
+    page of a pushed task decodes the image that Label Studio serves from local files."""
+    import numpy as np
+    import sqlalchemy as sa
+
+    from browser import label_studio_task_images, labelling_panel_image
+    from conftest import write_png
+
+    folder = ls.files_root / f"ordinary-{tmp_path.name}"
+    paths = [write_png(folder / f"img_{i}.png", seed=900 + i, size=(32, 24)) for i in range(6)]
+    rng = np.random.default_rng(0)
+    npz = tmp_path / "e.npz"
+    np.savez(npz, paths=np.array([str(p) for p in paths]), embeddings=rng.normal(size=(6, 8)).astype(np.float32),
+             text_embeddings=rng.normal(size=(2, 8)).astype(np.float32))
+    for args in (("init",), ("add", folder), ("classes", "set", "cat", "dog"), ("embed", "--from", npz, "--name", "x"),
+                 ("select", "--budget", "2"),
+                 ("ls", "connect", "--url", ls.url, "--create", f"ordinary {tmp_path.name}", "--local-files-root", ls.files_root),
+                 ("push",)):
+        result = cli(*args)
+        assert result.exit_code == 0, (args, result.output)
+    engine = sa.create_engine(f"sqlite:///{cli.project_dir / 'alkit.db'}")
+    with engine.connect() as connection:
+        task = connection.execute(sa.text("SELECT ls_project_id, task_id FROM ls_tasks ORDER BY task_id LIMIT 1")).one()
+    engine.dispose()
+    found = label_studio_task_images(ls.url, task.ls_project_id, task.task_id, tmp_path)
+    image = labelling_panel_image(found)
+    assert image is not None and image["width"] == 32, f"the labelling panel shows no decoded task image: {found}"
