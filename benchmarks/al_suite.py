@@ -23,6 +23,7 @@ alkit method runs with `alkit select`/`alkit fit` defaults except the flags its 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -49,10 +50,9 @@ ALKIT_METHODS: dict[str, dict] = {
     "bald-power/laplace_head": dict(strategy="bald", batch_mode="power", posterior="laplace_head", zero_shot_only=True),
     "entropy-top/probvlm": dict(strategy="entropy", batch_mode="top", posterior="probvlm", zero_shot_only=True),
 }
-DEFAULT_METHODS = (
-    "random", "entropy-top", "entropy-power", "margin-top", "margin-power", "bald-top", "bald-power", "epig-top",
-    "epig-power", "bald-power/laplace_head",
-)
+# First tier: run for every seed before the second tier starts (a time limit cuts the second tier first).
+DEFAULT_METHODS = ("random", "bald-power", "margin-top", "epig-power", "entropy-top", "bald-power/laplace_head")
+EXTRA_METHODS = ("bald-top", "margin-power", "epig-top", "entropy-power")
 DEFAULT_LARGE_METHODS = ("random", "margin-top", "margin-power", "bald-power", "epig-power")
 COLD_START_SELECTORS = ("typiclust", "kcenter")
 PRODUCT_DEFAULT = "bald-power"  # SelectSettings() defaults: strategy bald, batch mode power, beta 1
@@ -69,6 +69,7 @@ class Settings:
     large_budget: int = 100  # 0: no large-budget variant
     large_rounds: int = 10
     methods: tuple[str, ...] = DEFAULT_METHODS
+    extra_methods: tuple[str, ...] = EXTRA_METHODS
     large_methods: tuple[str, ...] = DEFAULT_LARGE_METHODS
     peers: tuple[str, ...] = ()
     large_peers: tuple[str, ...] = ()
@@ -82,7 +83,24 @@ class Settings:
     stop_at: float | None = None  # epoch seconds: start no new run after this (results use what finished)
 
     def key(self, dataset: str, budget: int, rounds: int) -> str:
-        return f"{dataset}|B{budget}|R{rounds}|{'smoke' if self.smoke else 'full'}"
+        return f"{dataset}|B{budget}|R{rounds}|{'smoke' if self.smoke else 'full'}|{code_fingerprint()}"
+
+
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """Hash of the code a curve depends on (posteriors, acquisition, the workflows, the suite), so
+    stored runs are reused only while that code is unchanged."""
+    import hashlib
+
+    import alkit
+
+    root = Path(alkit.__file__).resolve().parent
+    files = sorted([*root.glob("posterior/*.py"), *root.glob("acquisition/*.py"), *root.glob("workflows/*.py"),
+                    *root.glob("demo/*.py"), *Path(__file__).resolve().parent.glob("al_suite*.py")])
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode() + file.read_bytes())
+    return digest.hexdigest()[:10]
 
 
 # ---------------------------------------------------------------------- the alkit loop
@@ -167,15 +185,22 @@ class Curves:
     chosen: list[list[list[int]]]  # seeds x rounds x classes chosen
     zero_shot: np.ndarray | None = None  # (seeds,) round-0 accuracy
     first_method: str = ""
+    seeds: list[int] = field(default_factory=list)
+
+    def on_seeds(self, seeds: list[int]) -> dict[str, np.ndarray]:
+        """The metric arrays restricted to `seeds` (for paired comparisons)."""
+        rows = [self.seeds.index(s) for s in seeds]
+        return {m: v[rows] for m, v in self.metrics.items()}
 
     @classmethod
-    def from_runs(cls, runs: list[list[dict]]) -> Curves:
+    def from_runs(cls, runs: list[list[dict]], seeds: list[int] | None = None) -> Curves:
         zero = [r[0]["accuracy"] for r in runs if r and r[0]["round"] == 0]
         rounds = [[p for p in r if p["round"] > 0] for r in runs]
         labels = np.array([p["labels"] for p in rounds[0]])
         metrics = {m: np.array([[p[m] for p in r] for r in rounds], dtype=float) for m in ("accuracy", "nll", "ece", "seconds")}
         return cls(labels, metrics, [[p["chosen_classes"] for p in r] for r in rounds],
-                   np.array(zero) if len(zero) == len(runs) else None, rounds[0][0].get("method_used", ""))
+                   np.array(zero) if len(zero) == len(runs) else None, rounds[0][0].get("method_used", ""),
+                   list(seeds) if seeds is not None else list(range(len(runs))))
 
 
 def area_under_curve(labels: np.ndarray, accuracy: np.ndarray) -> np.ndarray:
@@ -219,12 +244,17 @@ def summarise(curves: dict[str, Curves], pool_counts: np.ndarray) -> list[dict]:
             seconds=c.metrics["seconds"].mean(), seeds=len(acc),
         )
         row["rare"], row["classes_round1"] = rare_class_labels(c.chosen, pool_counts)
-        if reference is not None and name != "random" and len(reference.metrics["accuracy"]) == len(acc):
-            diff = acc - reference.metrics["accuracy"]  # paired by seed
+        common = sorted(set(c.seeds) & set(reference.seeds)) if reference is not None else []
+        row["seed_list"] = c.seeds
+        if reference is not None and name != "random" and common:
+            mine, theirs = c.on_seeds(common)["accuracy"], reference.on_seeds(common)["accuracy"]
+            diff = mine - theirs  # paired by seed
+            auc_paired = area_under_curve(c.labels, mine) - area_under_curve(reference.labels, theirs)
             mean_d, std_d = diff.mean(axis=0), diff.std(axis=0, ddof=1) if len(diff) > 1 else np.zeros(diff.shape[1])
             worst = int(np.argmin(mean_d + std_d))
             row.update(worst_round=worst + 1, worst_diff=mean_d[worst], worst_std=std_d[worst],
-                       below_random=bool(np.any(mean_d < -std_d)), auc_diff=(auc - area_under_curve(reference.labels, reference.metrics["accuracy"])).mean())
+                       below_random=bool(np.any(mean_d < -std_d)), auc_diff=auc_paired.mean(),
+                       auc_diff_std=auc_paired.std(ddof=1) if len(common) > 1 else 0.0, paired_seeds=len(common))
         rows.append(row)
     return rows
 
@@ -236,14 +266,16 @@ def _fmt(value, digits=3):
 def summary_table(rows: list[dict], budget: int, rounds: int) -> str:
     total = budget * rounds
     lines = [
-        "| method | AUC (mean acc, rounds 1-R) | final acc | final NLL | final ECE | labels to random's final | % of random's labels | labels to LR-random's final | worst round vs random (paired mean +- sd) | labels of 3 rarest classes | classes in round 1 | s/round |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| method | seeds | AUC (mean acc, rounds 1-R) | AUC - random's (paired) | final acc | final NLL | final ECE | labels to random's final | % of random's labels | labels to LR-random's final | worst round vs random (paired mean +- sd) | labels of 3 rarest classes | classes in round 1 | s/round |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         to_random = r["to_random"]
         worst = "-" if "worst_diff" not in r else f"r{r['worst_round']}: {r['worst_diff']:+.3f} +- {r['worst_std']:.3f}{' (below)' if r['below_random'] else ''}"
         lines.append(
-            f"| {r['method']} | {r['auc']:.3f} +- {r['auc_std']:.3f} | {r['final']:.3f} +- {r['final_std']:.3f} | {r['nll']:.3f} | "
+            f"| {r['method']} | {r['seeds']} | {r['auc']:.3f} +- {r['auc_std']:.3f} | "
+            f"{'-' if 'auc_diff' not in r else format(r['auc_diff'], '+.3f') + ' +- ' + format(r['auc_diff_std'], '.3f')} | "
+            f"{r['final']:.3f} +- {r['final_std']:.3f} | {r['nll']:.3f} | "
             f"{r['ece']:.3f} | {to_random if to_random is not None else f'> {total}'} | "
             f"{'-' if to_random is None else f'{100 * to_random / total:.0f}%'} | "
             f"{r['to_lr_random'] if r['to_lr_random'] is not None else f'> {total}'} | {worst} | {r['rare']:.1f} | "
@@ -320,24 +352,25 @@ class Job:
     runs: dict[str, dict[int, list[dict]]] = field(default_factory=dict)  # name -> seed -> points
 
     def curves(self) -> tuple[dict[str, Curves], list[int]]:
-        """Curves over the seeds every method that ran at all has finished (so all stay paired)."""
+        """Per method, curves over the seeds it finished (paired comparisons use the intersection);
+        and the seeds every method finished."""
         ran = [name for name in self.names if self.runs.get(name)]
-        seeds = sorted(set.intersection(*(set(self.runs[n]) for n in ran))) if ran else []
-        if not seeds:
+        if not ran:
             return {}, []
-        return {n: Curves.from_runs([self.runs[n][s] for s in seeds]) for n in ran}, seeds
+        common = sorted(set.intersection(*(set(self.runs[n]) for n in ran)))
+        return {n: Curves.from_runs([self.runs[n][s] for s in sorted(self.runs[n])], sorted(self.runs[n])) for n in ran}, common
 
 
 def past(stop_at: float | None) -> bool:
     return stop_at is not None and time.time() >= stop_at
 
 
-def run_job_seed(job: Job, seed: int, settings: Settings, store: RunStore, log) -> None:
+def run_job_seed(job: Job, seed: int, settings: Settings, store: RunStore, log, names=None) -> None:
     from benchmarks.al_suite_peers import run_peer
 
     data = job.data
     base = settings.key(data.name, job.budget, job.rounds)
-    for name in job.names:
+    for name in names if names is not None else job.names:
         key = f"{base}|{name}|{seed}"
         points = store.get(key)
         if points is None:
@@ -423,8 +456,12 @@ def write_results(data, settings: Settings, sections: list[tuple[int, int, dict[
         rows = summarise(curves, counts)
         summary_rows.append((budget, rounds, rows))
         first = {name: c.first_method for name, c in curves.items() if name in ALKIT_METHODS}
-        shortfall = "" if len(seeds) >= settings.seeds else f" (reduced from {settings.seeds} planned: time limit)"
-        lines += ["", f"## {rounds} rounds of {budget}", "", f"Seeds {seeds}{shortfall}.", "",
+        short = sorted({len(c.seeds) for c in curves.values()})
+        shortfall = ("" if short == [settings.seeds] else
+                     f" Planned {settings.seeds} seeds; methods have {', '.join(map(str, short))} (time limit: the "
+                     "second tier of methods and later seeds were cut first; each method's figures use its own seeds, "
+                     "paired differences use the seeds shared with random).")
+        lines += ["", f"## {rounds} rounds of {budget}", "", f"Seeds finished by every method: {seeds}.{shortfall}", "",
                   summary_table(rows, budget, rounds), ""]
         if first:
             lines += ["First-round selection by the product: " + ", ".join(f"{k}: {v}" for k, v in sorted(set(first.items()))[:3]) + " ...", ""]
@@ -504,7 +541,8 @@ def parse(argv) -> Settings:
     parser.add_argument("--budget", type=int, default=20)
     parser.add_argument("--large-budget", type=int, default=100, help="0 disables the large-budget variant")
     parser.add_argument("--large-rounds", type=int, default=10)
-    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS))
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="first tier (all seeds first)")
+    parser.add_argument("--extra-methods", default=",".join(EXTRA_METHODS), help="second tier, after the first")
     parser.add_argument("--large-methods", default=",".join(DEFAULT_LARGE_METHODS))
     parser.add_argument("--peers", default=None, help="default: all peers whose packages are installed")
     parser.add_argument("--no-cold-start", action="store_true")
@@ -522,6 +560,7 @@ def parse(argv) -> Settings:
     settings = Settings(
         datasets=split(args.datasets), seeds=args.seeds, rounds=args.rounds, budget=args.budget,
         large_budget=args.large_budget, large_rounds=args.large_rounds, methods=split(args.methods),
+        extra_methods=split(args.extra_methods),
         large_methods=split(args.large_methods), peers=peers, large_peers=tuple(p for p in peers if p != "modal-qbc"),
         cold_start=not args.no_cold_start, out=args.out, cache=args.cache, fresh=args.fresh, threads=args.threads,
         stop_at=_utc_today_at(args.stop_at) if args.stop_at else None,
@@ -533,7 +572,9 @@ def parse(argv) -> Settings:
             settings.datasets = ("digits", "mnist_lt")
         if args.methods == ",".join(DEFAULT_METHODS):
             settings.methods = ("random", "margin-top", "bald-power", "epig-top")
-    unknown = [m for m in (*settings.methods, *settings.large_methods) if m not in ALKIT_METHODS]
+        if args.extra_methods == ",".join(EXTRA_METHODS):
+            settings.extra_methods = ()
+    unknown = [m for m in (*settings.methods, *settings.extra_methods, *settings.large_methods) if m not in ALKIT_METHODS]
     unknown += [p for p in settings.peers if p not in PEERS] + [d for d in settings.datasets if d not in DATASETS]
     if unknown:
         parser.error(f"unknown names {unknown}; methods {list(ALKIT_METHODS)}, peers {list(PEERS)}, data sets {list(DATASETS)}")
@@ -570,7 +611,7 @@ def main(argv=None) -> int:
     settings.workdir = Path(tempfile.mkdtemp(prefix="al_suite-work-"))
     settings.out.mkdir(parents=True, exist_ok=True)
     store = RunStore(cache / ("runs-smoke.jsonl" if settings.smoke else "runs.jsonl"), settings.fresh)
-    missing = [p for p in ("skactiveml-margin", "modal-qbc") if p not in settings.peers]
+    missing = [p for p in ("skactiveml-margin", "modal-qbc") if not _peer_available(p)]
     if missing:
         log(f"peers not run (install the bench extra: pip install -e '.[bench]'): {', '.join(missing)}")
     all_rows = {}
@@ -580,19 +621,24 @@ def main(argv=None) -> int:
         for name in settings.datasets:
             data = datasets[name] = load_dataset(name, root=cache, small=settings.smoke, log=log)
             log(f"{name}: pool {len(data.pool_y)}, test {len(data.test_y)}, per-class pool counts {data.pool_counts().tolist()}")
-            methods = [m for m in settings.methods if data.zero_shot or not ALKIT_METHODS[m].get("zero_shot_only")]
-            jobs.append(Job(data, settings.budget, settings.rounds, methods + list(settings.peers)))
+            usable = lambda names: [m for m in names if data.zero_shot or not ALKIT_METHODS[m].get("zero_shot_only")]  # noqa: E731
+            jobs.append(Job(data, settings.budget, settings.rounds,
+                            usable(settings.methods) + list(settings.peers) + usable(settings.extra_methods)))
             if settings.large_budget and settings.large_budget * settings.large_rounds <= len(data.pool_y) * 0.8:
                 methods = [m for m in settings.large_methods if data.zero_shot or not ALKIT_METHODS[m].get("zero_shot_only")]
                 large_jobs.append(Job(data, settings.large_budget, settings.large_rounds, methods + list(settings.large_peers)))
             elif settings.large_budget:
                 log(f"{name}: pool {len(data.pool_y)} too small for {settings.large_rounds} rounds of {settings.large_budget}")
         # seeds outer, so a time limit leaves every data set with the same (paired) seeds
+        first_tier = set(settings.methods) | set(settings.peers)
         for seed in range(settings.seeds):
             for job in jobs:
-                run_job_seed(job, seed, settings, store, log)
+                run_job_seed(job, seed, settings, store, log, [n for n in job.names if n in first_tier])
         cold = {name: run_cold_start(data, settings, store, log) for name, data in datasets.items()
                 if settings.cold_start and not data.zero_shot}
+        for seed in range(settings.seeds):
+            for job in jobs:
+                run_job_seed(job, seed, settings, store, log, [n for n in job.names if n not in first_tier])
         for seed in range(settings.seeds):
             for job in large_jobs:
                 run_job_seed(job, seed, settings, store, log)
