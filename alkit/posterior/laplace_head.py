@@ -2,27 +2,27 @@
 
 For embeddings that come without an encoder there is no projection to linearise, so the
 Bayesian part is multiclass logistic regression on the unit-normalised embeddings x:
-logits f = W [x; 1]. Prior N(W_0, lam^-1 I) with W_0 = [s h_k; 0] (class-prompt text
-embeddings scaled by the logit scale, i.e. the zero-shot classifier) when prompts exist,
-else zero. lam by the Laplace evidence, alternating with MAP fits (MacKay), see `evidence.py`.
+logits f = W [x; 1]. Prior N(W_0, lam^-1 I) on every weight (bias included) with
+W_0 = [s h_k; 0] (class-prompt text embeddings scaled by the logit scale, i.e. the zero-shot
+classifier) when prompts exist, else zero.
 
-Curvature: last-layer KFAC with A = (1/sqrt N) sum x x^T ((D+1) x (D+1)) and
-B = (1/sqrt N) sum (diag p - p p^T) (K x K), damped like BayesVLM (A' = A + sqrt(lam) I,
-B' = B + sqrt(lam) I, pseudo-data n = 1). Why KFAC rather than the full GGN: the full GGN
-has (K(D+1))^2 entries, ~2.6e11 for D = 512, K = 1000 -- it cannot be stored or factorised,
-while KFAC needs (D+1)^2 + K^2 numbers and makes the logit covariance of an input
-`(x^T A'^-1 x) B'^-1`, so exact linear-Gaussian logit moments cost one quadratic form per
-input. With zero labels A = B = 0 and A' (x) B' = lam I: exactly the prior, so the prior
-predictive works with prompts and no labels.
+MAP: the regularised multinomial logistic regression argmin sum_i CE(W x_i, y_i) +
+lam/2 |W - W_0|^2, solved to a gradient tolerance by L-BFGS with the exact gradient (with
+W_0 = 0 this is scikit-learn's `LogisticRegression(C=1/lam, fit_intercept=False)` on [x; 1]).
 
-laplace-torch (laplace-torch 0.3 on PyPI) is not used: it wants a torch nn.Module and a
-DataLoader, pulls in curvlinops/asdl for KFAC, keeps float32 factors, and samples per call;
-here the head is two arrays, the factors must be float64 eigendecompositions reused across
-lam values, and samples must be shared across all inputs -- about 100 lines of our own.
+Curvature: last-layer KFAC, A = (1/sqrt L) sum x x^T `(D+1, D+1)`, B = (1/sqrt L) sum
+(diag p - p p^T) `(K, K)` at the MAP, damped exactly in its eigenbasis (A (x) B + lam I, as
+laplace-torch's decomposed Kronecker form; see `kronecker.py`). lam maximises the full Laplace
+evidence, each candidate lam with its own MAP (`evidence.maximise_log_scalar`), so the MAP and
+the evidence share one prior. Why KFAC rather than the full GGN: the full GGN has (K(D+1))^2
+entries, ~2.6e11 for D = 512, K = 1000, while KFAC needs (D+1)^2 + K^2 numbers, and the logit
+variance of an input costs one projection onto the data-carrying eigen-directions of A
+(r <= labels of them). With zero labels A = B = 0 and the posterior is the prior.
 
-Speed: the quadratic form uses only the eigen-directions of A that carry data
-(x^T A'^-1 x = |x|^2 / sqrt(lam) + sum_active (u_i^T x)^2 (1/a'_i - 1/sqrt(lam))), and is
-fused with the mean logits into ONE (N x (D+1)) @ ((D+1) x (K + r)) matmul; r <= labels.
+laplace-torch is the reference in the tests (same lam, evidence and predictive on small
+problems) but not a runtime dependency: it wants an nn.Module and a DataLoader, keeps float32
+factors and samples per call, while here the factors are float64 eigendecompositions reused
+across lam values and samples are shared across all inputs.
 """
 
 from __future__ import annotations
@@ -36,32 +36,67 @@ import numpy as np
 
 from alkit.errors import InputError, StateError
 from alkit.posterior.base import PosteriorProvenance
-from alkit.posterior.evidence import optimise_prior_precision
+from alkit.posterior.evidence import log_evidence, maximise_log_scalar
 from alkit.posterior.kfac import KroneckerFactors
-from alkit.posterior.kronecker import EigenFactors, eigendecompose
+from alkit.posterior.kronecker import Damping, EigenFactors, check_damping, effective_parameters, eigendecompose
 from alkit.posterior.probcosine import probit_softmax
-from alkit.posterior.sampling import sample_matrix_normal
 
 KIND = "laplace_head"
 CHUNK_SIZE = 65536
-# Eigen-directions of A whose damped inverse differs from 1/sqrt(lam) by less than this
-# relative amount are treated as prior-only (their contribution is below float32 noise).
-ACTIVE_TOLERANCE = 1e-7
 
 
-def augment(embeddings: np.ndarray, dtype=np.float64) -> np.ndarray:
-    """Unit-normalise embeddings `(N, D)` and append the bias input: `(N, D + 1)`."""
-    x = np.asarray(embeddings, dtype=dtype)
-    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+def unit_rows(embeddings: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit norm `(N, D)` float64; zero or non-finite rows are an InputError
+    naming their positions (they cannot be normalised, and would turn into NaN scores)."""
+    x = np.asarray(embeddings, dtype=np.float64)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    bad = np.flatnonzero(~np.isfinite(norms[:, 0]) | (norms[:, 0] <= 1e-12))
+    if bad.size:
+        raise InputError(
+            f"{bad.size} of {x.shape[0]} embeddings are zero or not finite (rows {bad[:5].tolist()}); "
+            "re-embed or re-import those images"
+        )
+    return x / norms
+
+
+def input_standardisation(embeddings: np.ndarray) -> tuple[np.ndarray, float]:
+    """(mu `(D,)`, sigma): mean of the unit embeddings and the RMS norm around it.
+
+    Embeddings of one encoder share a narrow cone (CLIP's modality gap; pixel features are all
+    positive), so the directions that separate classes are small deviations from the mean and
+    an isotropic prior on raw unit vectors needs huge weights: measured on digits pixels, the
+    evidence then collapses lam to its bound (uniform predictions) at 12-20 labels, while on
+    centred inputs it stays at 0.6-2.5 and the head learns (0.22-0.51 accuracy vs 0.07-0.21).
+    Estimated from unlabelled embeddings (the pool), so it costs no labels.
+    """
+    unit = unit_rows(embeddings)
+    mean = unit.mean(axis=0)
+    scale = float(np.sqrt(np.mean(np.sum((unit - mean) ** 2, axis=1))))
+    return mean, max(scale, 1e-6)
+
+
+def augment(embeddings: np.ndarray, mean: np.ndarray | None = None, scale: float = 1.0, dtype=np.float64) -> np.ndarray:
+    """Head inputs `(N, D + 1)`: [(x/|x| - mu) / sigma; 1] (mu = 0, sigma = 1 when not given)."""
+    x = unit_rows(embeddings)
+    if mean is not None:
+        x = (x - mean) / scale
+    x = x.astype(dtype, copy=False)
     return np.concatenate([x, np.ones((x.shape[0], 1), dtype=dtype)], axis=1)
 
 
-def prior_mean(num_classes: int, dim: int, class_text: np.ndarray | None, logit_scale: float) -> np.ndarray:
-    """W_0 `(K, D + 1)`: s * unit class-prompt embeddings with zero bias, or zeros."""
+def prior_mean(
+    num_classes: int, dim: int, class_text: np.ndarray | None, logit_scale: float,
+    input_mean: np.ndarray | None = None, input_scale: float = 1.0,
+) -> np.ndarray:
+    """W_0 `(K, D + 1)`: the zero-shot classifier s <h_k, x/|x|> written for the standardised
+    inputs, i.e. [s sigma h_k; s h_k . mu] with unit prompts h_k, or zeros without prompts."""
     mean = np.zeros((num_classes, dim + 1))
     if class_text is not None:
         text = np.asarray(class_text, dtype=np.float64)
-        mean[:, :dim] = logit_scale * text / np.linalg.norm(text, axis=1, keepdims=True)
+        text = text / np.linalg.norm(text, axis=1, keepdims=True)
+        mean[:, :dim] = logit_scale * input_scale * text
+        if input_mean is not None:
+            mean[:, dim] = logit_scale * text @ input_mean
     return mean
 
 
@@ -69,11 +104,15 @@ def prior_mean(num_classes: int, dim: int, class_text: np.ndarray | None, logit_
 class LaplaceHeadSettings:
     """Fitting choices for `fit_laplace_head`."""
 
-    initial_prior_precision: float = 1.0  # also the prior precision when there are no labels
-    evidence_rounds: int = 5  # MAP fit <-> lam by evidence alternations
-    max_iterations: int = 300  # L-BFGS iterations per MAP fit
-    prior_bounds: tuple[float, float] = (1e-4, 1e6)
+    initial_prior_precision: float = 1.0  # start of the evidence search; the prior precision with no labels
+    prior_bounds: tuple[float, float] = (1e-6, 1e6)
     fixed_prior_precision: float | None = None  # skip the evidence search and use this lam
+    damping: str = "eigen"  # "eigen" (A (x) B + lam I) or "ritter" (the BayesVLM reference form)
+    gradient_tolerance: float = 1e-6  # L-BFGS stops when max |gradient| <= this * (L + 1)
+    max_iterations: int = 20_000  # L-BFGS safety net; hitting it is recorded, not silent
+    calibrate: bool = True  # fit the predictive temperature and covariance scale by cross-validation
+    calibration_folds: int = 5
+    min_labels_for_calibration: int = 20
 
     def as_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
@@ -106,6 +145,11 @@ class LaplaceHeadPosterior:
     provenance: PosteriorProvenance
     classes: tuple[str, ...] = ()
     embedding_spec_key: str = "unspecified"
+    damping: str = "eigen"
+    input_mean: np.ndarray | None = None  # mu (D,) of `input_standardisation`; None: no centring
+    input_scale: float = 1.0  # sigma
+    temperature: float = 1.0  # T: the predictive's logits are T f (see `calibrate_head`)
+    variance_scale: float = 1.0  # tau: the predictive's f ~ N(W_MAP x, tau Cov); samples keep tau = 1
     kind: str = field(default=KIND, init=False)
 
     pseudo_data = 1.0
@@ -122,35 +166,41 @@ class LaplaceHeadPosterior:
         x = np.asarray(x)
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise InputError(f"embeddings have shape {x.shape}; this head expects (N, {self.dim})")
-        return augment(x, dtype)
+        return augment(x, self.input_mean, self.input_scale, dtype)
 
-    def _variance_operator(self) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
-        """(U_active (D+1, r), coefficients (r,), 1/sqrt(lam), diag(B'^-1) (K,))."""
-        damped = self.eigen.damped_a(self.pseudo_data, self.prior_precision)
-        base = 1.0 / np.sqrt(self.prior_precision)
-        coefficients = 1.0 / damped - base  # <= 0
-        active = np.abs(coefficients) > ACTIVE_TOLERANCE * base
-        inv_b_diag = np.diag(self.eigen.inverse_b(self.pseudo_data, self.prior_precision)).copy()
-        return self.eigen.a_vecs[:, active], coefficients[active], base, inv_b_diag
+    @cached_property
+    def _variance_operator(self):
+        """(U_A active (D+1, r), delta (r, K), base (K,), R (K, K)): see `kronecker.py` and
+        `logit_moments`; R maps c(x) to the variances of the centred logits."""
+        operator = self.eigen.output_variance_operator(self.pseudo_data, self.prior_precision, self.damping)
+        centred = self.eigen.b_vecs - self.eigen.b_vecs.mean(axis=0, keepdims=True)  # C U_B, C = I - 11^T/K
+        return operator.vecs, operator.delta, operator.base, centred**2
 
     def logit_moments(self, x) -> tuple[np.ndarray, np.ndarray]:
-        """Exact linear-Gaussian moments: mean W x, variance (x^T A'^-1 x) [B'^-1]_kk `(N, K)`."""
+        """Linear-Gaussian moments `(N, K), (N, K)`: mean W x, and the variances of the CENTRED
+        logits f - mean_k f_k, diag(C U_B diag(c(x)) U_B^T C) with c(x) from the damped KFAC
+        spectrum. Softmax ignores a shift shared by all logits, and no label constrains that
+        direction (B 1 = 0), so it keeps its prior variance 1/lam; left in, it inflates every
+        marginal variance and the probit predictive comes out far too flat (measured: ECE 0.33
+        at 1,000 labels on digits). The centred logits have the same softmax and drop it."""
         import torch
 
-        vecs, coefficients, base, inv_b_diag = self._variance_operator()
+        vecs, delta, base, b_sq = self._variance_operator
         num_classes = self.num_classes
         fused = torch.from_numpy(np.concatenate([self.weights.T, vecs], axis=1).astype(np.float32))  # (D+1, K+r)
-        coeff = torch.from_numpy(coefficients.astype(np.float32))
-        b_diag = torch.from_numpy(inv_b_diag.astype(np.float32))
+        delta_t = torch.from_numpy(delta.astype(np.float32))  # (r, K)
+        base_t = torch.from_numpy(base.astype(np.float32))  # (K,)
+        b_sq_t = torch.from_numpy(b_sq.T.astype(np.float32))  # (K_eig, K)
         x = np.asarray(x)
         means, variances = [], []
         for lo in range(0, x.shape[0], CHUNK_SIZE):
             xa = torch.from_numpy(self._augment(x[lo : lo + CHUNK_SIZE], np.float32))
             out = xa @ fused  # (n, K + r)
-            quad = (xa * xa).sum(dim=1) * base + (out[:, num_classes:] ** 2) @ coeff  # (n,)
+            coefficients = (xa * xa).sum(dim=1, keepdim=True) * base_t + (out[:, num_classes:] ** 2) @ delta_t  # (n, K_eig)
             means.append(out[:, :num_classes].numpy())
-            variances.append((quad.clamp_min(0)[:, None] * b_diag[None, :]).numpy())
-        return np.concatenate(means), np.concatenate(variances)
+            variances.append((coefficients.clamp_min(0) @ b_sq_t).numpy())  # (n, K)
+        scale = self.temperature
+        return scale * np.concatenate(means), (scale * scale * self.variance_scale) * np.concatenate(variances)
 
     def predict(self, x) -> np.ndarray:
         import torch
@@ -164,13 +214,13 @@ class LaplaceHeadPosterior:
         return probit_softmax(logits, np.zeros_like(logits))
 
     def sample_weights(self, num_samples: int, seed: int) -> HeadSamples:
-        draws = sample_matrix_normal(
-            self.weights,
-            self.eigen.inverse_sqrt_b(self.pseudo_data, self.prior_precision),
-            self.eigen.inverse_sqrt_a(self.pseudo_data, self.prior_precision),
-            num_samples,
-            seed,
-        )
+        """S shared draws from the evidence posterior N(W_MAP, precision^-1).
+
+        Deliberately uncalibrated: T and tau (`calibrate_head`) make the predictive sharp where
+        cross-validation asks for it, and tau can go to ~1e-3; shrinking the samples as much would
+        leave BALD and EPIG below their Monte Carlo noise. Acquisition ranks by the posterior's
+        own epistemic spread; `predict` and `logit_moments` are the calibrated predictive."""
+        draws = self.eigen.sample(self.weights, num_samples, seed, self.pseudo_data, self.prior_precision, self.damping)
         return HeadSamples(draws, seed)
 
     def _sample_logits_tensor(self, weights: HeadSamples, x):
@@ -205,7 +255,13 @@ class LaplaceHeadPosterior:
             "a_vals": self.eigen.a_vals, "a_vecs": self.eigen.a_vecs, "b_vals": self.eigen.b_vals,
             "b_vecs": self.eigen.b_vecs,
         }
-        return arrays, {"prior_precision": self.prior_precision, "num_inputs": self.factors.num_inputs}
+        header = {
+            "prior_precision": self.prior_precision, "num_inputs": self.factors.num_inputs, "damping": self.damping,
+            "temperature": self.temperature, "variance_scale": self.variance_scale, "input_scale": self.input_scale,
+        }
+        if self.input_mean is not None:
+            arrays["input_mean"] = self.input_mean
+        return arrays, header
 
     @classmethod
     def from_state(cls, arrays, header, provenance, classes, embedding_spec_key) -> "LaplaceHeadPosterior":
@@ -214,6 +270,9 @@ class LaplaceHeadPosterior:
         return cls(
             arrays["weights"], arrays["prior_weights"], factors, eigen, float(header["prior_precision"]),
             provenance, tuple(classes), embedding_spec_key,
+            check_damping(header.get("damping", "ritter")),  # files written before the eigen form were Ritter
+            arrays.get("input_mean"), float(header.get("input_scale", 1.0)),
+            float(header.get("temperature", 1.0)), float(header.get("variance_scale", 1.0)),
         )
 
 
@@ -228,30 +287,175 @@ def head_factors(xa: np.ndarray, weights: np.ndarray) -> KroneckerFactors:
     return KroneckerFactors(0.5 * (a + a.T) / root, 0.5 * (b + b.T) / root, n, "softmax", None, True)
 
 
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def head_log_likelihood(xa: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> float:
+    """sum_i log softmax(W x_i)[y_i]."""
+    return float(_log_softmax(xa @ weights.T)[np.arange(labels.shape[0]), labels].sum())
+
+
+@dataclass(frozen=True)
+class MapFit:
+    weights: np.ndarray  # (K, D + 1)
+    iterations: int
+    converged: bool
+
+
 def fit_map_head(
-    xa: np.ndarray, labels: np.ndarray, prior: np.ndarray, prior_precision: float, max_iterations: int
-) -> np.ndarray:
-    """argmin_W sum_i CE(W x_i, y_i) + lam/2 |W - W_0|^2, full-batch L-BFGS in float64."""
-    import torch
+    xa: np.ndarray,
+    labels: np.ndarray,
+    prior: np.ndarray,
+    prior_precision: float,
+    start: np.ndarray | None = None,
+    gradient_tolerance: float = 1e-7,
+    max_iterations: int = 20_000,
+) -> MapFit:
+    """argmin_W sum_i CE(W x_i, y_i) + lam/2 |W - W_0|^2 by L-BFGS with the exact gradient.
 
-    x = torch.as_tensor(xa, dtype=torch.float64)
-    y = torch.as_tensor(labels, dtype=torch.long)
-    anchor = torch.as_tensor(prior, dtype=torch.float64)
-    weights = anchor.clone().requires_grad_(True)
-    optimiser = torch.optim.LBFGS(
-        [weights], lr=1.0, max_iter=max_iterations, history_size=20, line_search_fn="strong_wolfe",
-        tolerance_grad=1e-9, tolerance_change=1e-12,
+    The loss is strictly convex (lam > 0), so the minimiser is unique; `start` (a nearby MAP)
+    only saves iterations. Stops on max |gradient| <= tolerance * (L + 1).
+    """
+    from scipy.optimize import minimize
+
+    num_classes, width = prior.shape
+    rows = np.arange(labels.shape[0])
+    onehot = np.zeros((labels.shape[0], num_classes))
+    onehot[rows, labels] = 1.0
+
+    def loss_and_gradient(flat: np.ndarray) -> tuple[float, np.ndarray]:
+        weights = flat.reshape(num_classes, width)
+        log_probs = _log_softmax(xa @ weights.T)  # (L, K)
+        offset = weights - prior
+        loss = -log_probs[rows, labels].sum() + 0.5 * prior_precision * np.sum(offset**2)
+        gradient = (np.exp(log_probs) - onehot).T @ xa + prior_precision * offset  # (K, D + 1)
+        return float(loss), gradient.ravel()
+
+    x0 = (prior if start is None else start).ravel().copy()
+    result = minimize(
+        loss_and_gradient, x0, jac=True, method="L-BFGS-B",
+        options={"maxiter": max_iterations, "gtol": gradient_tolerance * (labels.shape[0] + 1), "ftol": 0.0, "maxcor": 30},
     )
+    gradient = loss_and_gradient(result.x)[1]
+    converged = bool(np.abs(gradient).max() <= 10 * gradient_tolerance * (labels.shape[0] + 1))
+    return MapFit(result.x.reshape(num_classes, width), int(result.nit), converged)
 
-    def closure():
-        optimiser.zero_grad()
-        loss = torch.nn.functional.cross_entropy(x @ weights.T, y, reduction="sum")
-        loss = loss + 0.5 * prior_precision * ((weights - anchor) ** 2).sum()
-        loss.backward()
-        return loss
 
-    optimiser.step(closure)
-    return weights.detach().numpy().copy()
+@dataclass(frozen=True)
+class EvidenceFit:
+    prior_precision: float
+    log_evidence: float
+    weights: np.ndarray
+    factors: KroneckerFactors
+    eigen: EigenFactors
+    on_bound: bool
+    evaluations: int
+    converged: bool
+
+
+def head_log_evidence(
+    xa: np.ndarray, labels: np.ndarray, prior: np.ndarray, prior_precision: float, weights: np.ndarray,
+    damping: Damping = "eigen",
+) -> tuple[float, KroneckerFactors, EigenFactors]:
+    """Laplace log evidence at a MAP `weights` for `prior_precision` (+ the factors used)."""
+    factors = head_factors(xa, weights)
+    eigen = eigendecompose(factors.A, factors.B)
+    value = log_evidence(
+        prior_precision, eigen.a_vals, eigen.b_vals, 1.0, float(np.sum((weights - prior) ** 2)), damping,
+        head_log_likelihood(xa, labels, weights),
+    )
+    return value, factors, eigen
+
+
+def optimise_head_evidence(
+    xa: np.ndarray, labels: np.ndarray, prior: np.ndarray, settings: LaplaceHeadSettings
+) -> EvidenceFit:
+    """lam = argmax log Z(lam), each lam with its own MAP (warm-started from the nearest one)."""
+    fits: dict[float, MapFit] = {}
+
+    def evidence(lam: float) -> float:
+        nearest = min(fits, key=lambda other: abs(np.log(other / lam))) if fits else None
+        fit = fit_map_head(
+            xa, labels, prior, lam, None if nearest is None else fits[nearest].weights,
+            settings.gradient_tolerance, settings.max_iterations,
+        )
+        fits[lam] = fit
+        return head_log_evidence(xa, labels, prior, lam, fit.weights, settings.damping)[0]
+
+    lam, _, on_bound = maximise_log_scalar(evidence, settings.prior_bounds, settings.initial_prior_precision)
+    best = fits.get(lam)
+    if best is None:
+        best = fit_map_head(xa, labels, prior, lam, None, settings.gradient_tolerance, settings.max_iterations)
+    value, factors, eigen = head_log_evidence(xa, labels, prior, lam, best.weights, settings.damping)
+    return EvidenceFit(lam, value, best.weights, factors, eigen, on_bound, len(fits), best.converged)
+
+
+def centred_logit_moments(
+    xa: np.ndarray, weights: np.ndarray, eigen: EigenFactors, prior_precision: float, damping: Damping
+) -> tuple[np.ndarray, np.ndarray]:
+    """float64 twin of `LaplaceHeadPosterior.logit_moments` before calibration, for the small
+    held-out sets of `calibrate_head`: mean W x `(N, K)`, centred-logit variance `(N, K)`."""
+    coefficients = eigen.output_coefficients(xa, 1.0, prior_precision, damping)  # (N, K_eig)
+    centred = eigen.b_vecs - eigen.b_vecs.mean(axis=0, keepdims=True)
+    return xa @ weights.T, coefficients @ (centred**2).T
+
+
+def calibrated_probs(mean: np.ndarray, var: np.ndarray, temperature: float, variance_scale: float) -> np.ndarray:
+    """Probit predictive of the calibrated logits T f, f ~ N(mean, tau var)."""
+    return probit_softmax(temperature * mean, temperature**2 * variance_scale * var)
+
+
+TEMPERATURE_BOUNDS = (0.1, 10.0)
+VARIANCE_SCALE_BOUNDS = (1e-3, 10.0)
+
+
+def calibrate_head(
+    xa: np.ndarray, labels: np.ndarray, prior: np.ndarray, prior_precision: float, weights: np.ndarray,
+    settings: LaplaceHeadSettings, seed: int = 0,
+) -> dict[str, Any]:
+    """Temperature T and covariance scale tau that minimise the cross-validated NLL.
+
+    The evidence picks lam for the posterior, but with few labels and an isotropic prior the
+    probit predictive of that posterior is measured to be far too flat (ECE 0.26-0.28 at 200
+    labels on digits, against 0.11-0.21 for a cross-validated logistic regression). Held-out
+    predictions of K fold posteriors (same lam, MAP refitted on the other folds) choose T and
+    tau: two numbers, so the ranking of inputs by the posterior is unchanged in kind. With
+    fewer than `min_labels_for_calibration` labels nothing is fitted (T = tau = 1).
+    """
+    from scipy.optimize import minimize
+
+    count = labels.shape[0]
+    if not settings.calibrate or count < settings.min_labels_for_calibration:
+        return {"temperature": 1.0, "variance_scale": 1.0, "calibration": "none (too few labels)" if settings.calibrate else "off"}
+    folds = np.random.default_rng(seed).permutation(count) % settings.calibration_folds
+    means, variances, truth = [], [], []
+    for fold in range(settings.calibration_folds):
+        train, held = folds != fold, folds == fold
+        fit = fit_map_head(xa[train], labels[train], prior, prior_precision, weights, settings.gradient_tolerance, settings.max_iterations)
+        factors = head_factors(xa[train], fit.weights)
+        mean, var = centred_logit_moments(xa[held], fit.weights, eigendecompose(factors.A, factors.B), prior_precision, settings.damping)
+        means.append(mean)
+        variances.append(var)
+        truth.append(labels[held])
+    mean, var, truth = np.concatenate(means), np.concatenate(variances), np.concatenate(truth)
+    rows = np.arange(truth.shape[0])
+    lo = np.log([TEMPERATURE_BOUNDS[0], VARIANCE_SCALE_BOUNDS[0]])
+    hi = np.log([TEMPERATURE_BOUNDS[1], VARIANCE_SCALE_BOUNDS[1]])
+
+    def held_out_nll(log_params: np.ndarray) -> float:
+        temperature, scale = np.exp(np.clip(log_params, lo, hi))
+        probs = calibrated_probs(mean, var, temperature, scale)
+        return float(-np.log(np.clip(probs[rows, truth], 1e-300, None)).mean())
+
+    result = minimize(held_out_nll, np.zeros(2), method="Nelder-Mead", options={"xatol": 1e-3, "fatol": 1e-6})
+    temperature, scale = np.exp(np.clip(result.x, lo, hi))
+    return {
+        "temperature": float(temperature), "variance_scale": float(scale),
+        "calibration": f"{settings.calibration_folds}-fold cross-validated NLL",
+        "cv_nll_uncalibrated": held_out_nll(np.zeros(2)), "cv_nll_calibrated": float(result.fun),
+    }
 
 
 def fit_laplace_head(
@@ -264,8 +468,13 @@ def fit_laplace_head(
     classes=None,
     embedding_spec_key: str = "unspecified",
     parent_version: int | None = None,
+    unlabelled: np.ndarray | None = None,
 ) -> LaplaceHeadPosterior:
-    """Fit the head (MAP + KFAC + lam by evidence). Zero labels need class prompts."""
+    """Fit the head (MAP + KFAC + lam by evidence + predictive calibration).
+
+    `unlabelled` `(M, D)`: embeddings to estimate the input centring from (the pool); without
+    them the labelled embeddings are used. Zero labels need class prompts."""
+    check_damping(settings.damping)
     x = np.asarray(embeddings, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
     dim = class_text.shape[1] if class_text is not None and x.size == 0 else x.shape[1]
@@ -275,36 +484,41 @@ def fit_laplace_head(
         raise InputError(f"labels must lie in [0, {num_classes}); got {labels.min()}..{labels.max()}")
     if labels.size == 0 and class_text is None:
         raise StateError("no labels and no class prompts: add class prompts (zero-shot prior) or label some images")
-    prior = prior_mean(num_classes, dim, class_text, logit_scale)
-    lam = settings.initial_prior_precision
-    xa = augment(x) if labels.size else np.zeros((0, dim + 1))
-    weights = prior.copy()
-    factors = KroneckerFactors(np.zeros((dim + 1, dim + 1)), np.zeros((num_classes, num_classes)), 0, "softmax", None, True)
-    rounds = 0
-    if settings.fixed_prior_precision is not None:
-        lam = settings.fixed_prior_precision
-    search = labels.size and settings.fixed_prior_precision is None
-    for rounds in range(1, settings.evidence_rounds + 1 if search else 1):
-        weights = fit_map_head(xa, labels, prior, lam, settings.max_iterations)
-        factors = head_factors(xa, weights)
-        eigen = eigendecompose(factors.A, factors.B)
-        new_lam = optimise_prior_precision(
-            eigen.a_vals, eigen.b_vals, 1.0, float(np.sum((weights - prior) ** 2)), settings.prior_bounds
-        )
-        converged = abs(np.log(new_lam / lam)) < 0.05
-        lam = new_lam
-        if converged:
-            break
-    if labels.size:
-        weights = fit_map_head(xa, labels, prior, lam, settings.max_iterations)
-        factors = head_factors(xa, weights)
-    eigen = eigendecompose(factors.A, factors.B)
-    source = f"{labels.size} labelled embeddings" + (" + class-prompt prior" if class_text is not None else "")
-    provenance = PosteriorProvenance(
-        kind=KIND, curvature_source=source, labels_used=int(labels.size), parent_version=parent_version,
-        settings={**settings.as_dict(), "logit_scale": float(logit_scale), "evidence_rounds_used": rounds},
-    )
     names = tuple(str(c) for c in classes) if classes is not None else tuple(str(k) for k in range(num_classes))
     if len(names) != num_classes:
         raise InputError(f"{len(names)} class names for {num_classes} classes; pass one name per class")
-    return LaplaceHeadPosterior(weights, prior, factors, eigen, float(lam), provenance, names, embedding_spec_key)
+    source_rows = unlabelled if unlabelled is not None and len(unlabelled) else (x if labels.size else None)
+    input_mean, input_scale = input_standardisation(source_rows) if source_rows is not None else (None, 1.0)
+    prior = prior_mean(num_classes, dim, class_text, logit_scale, input_mean, input_scale)
+    report: dict[str, Any] = {}
+    if labels.size == 0:
+        lam = settings.fixed_prior_precision or settings.initial_prior_precision
+        weights = prior.copy()
+        factors = KroneckerFactors(np.zeros((dim + 1, dim + 1)), np.zeros((num_classes, num_classes)), 0, "softmax", None, True)
+        eigen = eigendecompose(factors.A, factors.B)
+    else:
+        xa = augment(x, input_mean, input_scale)
+        if settings.fixed_prior_precision is not None:
+            lam = float(settings.fixed_prior_precision)
+            fit = fit_map_head(xa, labels, prior, lam, None, settings.gradient_tolerance, settings.max_iterations)
+            weights = fit.weights
+            value, factors, eigen = head_log_evidence(xa, labels, prior, lam, weights, settings.damping)
+            report = {"log_evidence": value, "map_converged": fit.converged, "map_iterations": fit.iterations}
+        else:
+            found = optimise_head_evidence(xa, labels, prior, settings)
+            lam, weights, factors, eigen = found.prior_precision, found.weights, found.factors, found.eigen
+            report = {
+                "log_evidence": found.log_evidence, "prior_precision_on_bound": found.on_bound,
+                "evidence_evaluations": found.evaluations, "map_converged": found.converged,
+            }
+        report["effective_parameters"] = effective_parameters(eigen.a_vals, eigen.b_vals, 1.0, lam, settings.damping)
+        report.update(calibrate_head(xa, labels, prior, lam, weights, settings))
+    source = f"{labels.size} labelled embeddings" + (" + class-prompt prior" if class_text is not None else "")
+    provenance = PosteriorProvenance(
+        kind=KIND, curvature_source=source, labels_used=int(labels.size), parent_version=parent_version,
+        settings={**settings.as_dict(), "logit_scale": float(logit_scale), **report},
+    )
+    return LaplaceHeadPosterior(
+        weights, prior, factors, eigen, float(lam), provenance, names, embedding_spec_key, settings.damping,
+        input_mean, float(input_scale), float(report.get("temperature", 1.0)), float(report.get("variance_scale", 1.0)),
+    )

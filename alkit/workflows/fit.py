@@ -335,8 +335,18 @@ def fit_posterior(project: Project, settings: FitSettings = FitSettings(), force
         posterior = fit_laplace_head(
             features, labels, len(context.class_names), class_text=text.text_emb, logit_scale=scale,
             classes=context.class_names, embedding_spec_key=context.spec.key, parent_version=parent_version,
+            unlabelled=_unlabelled_sample(project, context, settings),
         )
     return _record(project, context, posterior, kind, parent_version, settings, started)
+
+
+def _unlabelled_sample(project: Project, context: PoolContext, settings: FitSettings) -> np.ndarray:
+    """Embeddings of up to `curvature_images` non-test images (seeded sample): the Laplace
+    head's input centring is estimated from them, never from the test split."""
+    image_ids = embedded_image_ids(project, context.spec.id, images.c.split != Split.TEST.value)
+    if len(image_ids) > settings.curvature_images:
+        image_ids = np.random.default_rng(settings.seed).choice(image_ids, settings.curvature_images, replace=False)
+    return load_vectors(project, context.spec.id, np.asarray(image_ids).tolist(), kind="embedding")[1]
 
 
 def _record(project, context: PoolContext, posterior, kind: str, parent_version, settings: FitSettings, started: float) -> FitResult:
