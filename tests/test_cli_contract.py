@@ -104,7 +104,8 @@ def _paths_in(value, key=""):
     elif isinstance(value, list):
         for item in value:
             yield from _paths_in(item, key)
-    elif isinstance(value, str) and (key in ("path", "project", "config", "report") or key.endswith(("_png", "path", "_dir")) or value.endswith((".png", ".html"))):
+    elif isinstance(value, str) and (key in ("path", "project", "config", "report", "directory", "text_features")
+                                     or key.endswith(("_png", "path", "_dir")) or value.endswith((".png", ".html", ".npz", ".safetensors"))):
         yield key, value
 
 
@@ -116,6 +117,15 @@ def test_json_paths_are_absolute(cli, fitted, tmp_path, monkeypatch):
         cli("fit", "--json", "--force"),
         cli("predict", "--json"),
         cli("select", "--budget", "2", "--strategy", "random", "--json"),
+        cli("init", "--json"),
+        cli("add", str(fitted[0].parent), "--json"),
+        cli("embed", "--from", str(tmp_path / "emb.npz"), "--json"),
+        cli("labels", "import", str(tmp_path / "labels.csv"), "--json"),
+        cli("labels", "export", "--format", "json"),
+        cli("classes", "set", "a", "b", "--json"),
+        cli("index", "build", "--json"),
+        cli("similar", "--id", "1", "-k", "3", "--json"),
+        cli("dedup", "--threshold", "0.5", "--json"),
     ]
     found = []
     for result in outputs:
