@@ -52,7 +52,7 @@ ALKIT_METHODS: dict[str, dict] = {
 }
 # First tier: run for every seed before the second tier starts (a time limit cuts the second tier first).
 DEFAULT_METHODS = ("random", "bald-power", "margin-top", "epig-power", "entropy-top", "bald-power/laplace_head")
-EXTRA_METHODS = ("bald-top", "margin-power", "epig-top", "entropy-power")
+EXTRA_METHODS = ("bald-top", "margin-power", "epig-top", "entropy-power", "entropy-top/probvlm")
 DEFAULT_LARGE_METHODS = ("random", "margin-top", "margin-power", "bald-power", "epig-power")
 COLD_START_SELECTORS = ("typiclust", "kcenter")
 PRODUCT_DEFAULT = "bald-power"  # SelectSettings() defaults: strategy bald, batch mode power, beta 1
