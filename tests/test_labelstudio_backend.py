@@ -112,6 +112,19 @@ def test_registered_as_ml_backend_label_studio_stores_its_predictions_and_annota
         assert wait_for(lambda: len(_rows(project, sa.select(labels))) == 1)  # the pull ran
         assert wait_for(lambda: _rows(project, sa.select(sa.func.max(posteriors.c.version)))[0][0] == 2)  # the refit ran
         assert trigger.errors == []
+
+        # A task the team made in Label Studio itself (no alkit fields): matched by its image file.
+        from alkit.storage.schema import images
+
+        own_id, own_path = _rows(project, sa.select(images.c.id, images.c.path).where(images.c.id.not_in(list(tasks))))[0]
+        relative = own_path[len(str(ls.files_root.resolve())) + 1 :]
+        made = client.tasks.create(project=pid, data={"image": f"/data/local-files/?d={relative}"})
+        client.tasks.get(id=str(made.id))
+        (theirs,) = wait_for(lambda: list(client.predictions.list(task=made.id)))
+        assert theirs.model_version == "alkit-posterior-v2" and theirs.result[0]["value"]["choices"][0] in {"cat", "dog"}
+        annotate(client, made.id, "cat")
+        assert wait_for(lambda: own_id in {r.image_id for r in _rows(project, sa.select(labels.c.image_id))})
+        assert trigger.errors == []
     finally:
         server.shutdown()
         server.server_close()

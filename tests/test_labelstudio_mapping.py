@@ -243,3 +243,19 @@ def test_task_keys_carry_the_project_and_the_content_and_the_facts_go_into_data(
         "image": "/img.png", "alkit_id": "5", "alkit_key": key, "alkit_project": "p" * 32,
         "alkit_score": 0.25, "alkit_rank": 1, "alkit_round": 2, "alkit_strategy": "bald",
     }}
+
+
+def test_path_of_reference_inverts_image_reference(tmp_path):
+    from alkit.labelstudio.config import path_of_reference
+
+    root = tmp_path / "root"
+    image = root / "sub dir" / "a&b.png"
+    image.parent.mkdir(parents=True)
+    image.write_bytes(b"x")
+    local = image_reference(str(image), str(root), None)
+    assert path_of_reference(local, str(root), None) == str(image.resolve())
+    remote = image_reference(str(image), str(root), "http://files.example/imgs")
+    assert path_of_reference(remote, str(root), "http://files.example/imgs") == str(image.resolve())
+    assert path_of_reference("/data/local-files/?d=../../etc/passwd", str(root), None) is None  # never outside the root
+    assert path_of_reference("http://elsewhere/x.png", str(root), None) is None
+    assert path_of_reference(None, str(root), None) is None

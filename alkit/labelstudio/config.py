@@ -110,3 +110,24 @@ def config_differences(label_config_xml: str, class_names: list[str]) -> list[st
     if missing:
         differences.append(f"alkit classes missing from the Label Studio choices: {', '.join(repr(n) for n in missing)}")
     return differences
+
+
+def path_of_reference(reference: str, local_files_root: str | None, url_prefix: str | None) -> str | None:
+    """The image file a task's `data.image` points at (the inverse of `image_reference`), for
+    tasks made in Label Studio itself (imported, storage sync); None when it cannot tell."""
+    from urllib.parse import parse_qs, unquote, urlparse
+
+    if not isinstance(reference, str) or not reference:
+        return None
+    relative = None
+    if url_prefix and reference.startswith(url_prefix.rstrip("/") + "/"):
+        relative = unquote(reference[len(url_prefix.rstrip("/")) + 1 :])
+        if not local_files_root:
+            return "/" + relative
+    elif "/data/local-files/" in reference:
+        values = parse_qs(urlparse(reference).query).get("d")
+        relative = values[0] if values else None
+    if relative is None or not local_files_root:
+        return None
+    path = os.path.realpath(os.path.join(local_files_root, *relative.split("/")))
+    return path if os.path.commonpath([os.path.realpath(local_files_root), path]) == os.path.realpath(local_files_root) else None

@@ -595,10 +595,15 @@ def _release_deleted_tasks(project: Project, client, pid: int, result: PullResul
     result.deleted_items = sorted(i for ids in by_round.values() for i in ids)
 
 
-def _image_of_task(task: dict, uuid: str, by_hash: dict[str, int], task_images: dict[int, int]) -> tuple[int | None, str]:
+def _image_of_task(
+    task: dict, uuid: str, by_hash: dict[str, int], task_images: dict[int, int], by_path: dict[str, int] | None = None,
+    project: Project | None = None,
+) -> tuple[int | None, str]:
     """(image id, how) for one task: "key" (its key names this project), "recorded" (keyless, pushed
-    by this project), "foreign" (another project's key) or "unknown"."""
-    key = split_task_key(task.get("data"))
+    by this project), "reference" (made in Label Studio itself, no alkit fields: its image file is
+    one of this project's), "foreign" (another project's key) or "unknown"."""
+    data = task.get("data") or {}
+    key = split_task_key(data)
     if key is not None:
         if key[0] != uuid:
             return None, "foreign"
@@ -612,7 +617,31 @@ def _image_of_task(task: dict, uuid: str, by_hash: dict[str, int], task_images: 
         return (image_id, "key") if image_id is not None else (None, "unknown")
     if task["id"] in task_images:
         return task_images[task["id"]], "recorded"
+    if by_path and project is not None and image_id_of(data) is None:
+        path = _reference_path(project, data)
+        if path in by_path:
+            return by_path[path], "reference"
     return None, "unknown"
+
+
+def _reference_path(project: Project, data: dict) -> str | None:
+    from alkit.labelstudio.config import DATA_IMAGE_KEY, path_of_reference
+
+    settings = project.settings
+    return path_of_reference(data.get(DATA_IMAGE_KEY), settings.ls_local_files_root, settings.ls_image_url_prefix)
+
+
+def _images_by_reference(connection, project: Project, tasks: list[dict]) -> dict[str, int]:
+    """path -> image id for the files that tasks without alkit fields point at."""
+    paths = {
+        p for p in (_reference_path(project, t.get("data") or {}) for t in tasks
+                    if split_task_key(t.get("data")) is None and image_id_of(t.get("data")) is None)
+        if p
+    }
+    if not paths:
+        return {}
+    found = dict(connection.execute(sa.select(images.c.path, images.c.id).where(images.c.path.in_(sorted(paths)))).all())
+    return {os.path.realpath(path): image_id for path, image_id in found.items()}
 
 
 def _apply_page(
@@ -630,7 +659,8 @@ def _apply_page(
         by_hash = dict(
             connection.execute(sa.select(images.c.content_hash, images.c.id).where(images.c.content_hash.in_(hashes))).all()
         ) if hashes else {}
-        image_of = {task["id"]: _image_of_task(task, uuid, by_hash, task_images) for task in page}
+        by_path = _images_by_reference(connection, project, page)
+        image_of = {task["id"]: _image_of_task(task, uuid, by_hash, task_images, by_path, project) for task in page}
         known_images = set(
             connection.execute(
                 sa.select(images.c.id).where(images.c.id.in_([i for i, _ in image_of.values() if i is not None]))
@@ -830,7 +860,10 @@ def backend_predictions(
         by_hash = dict(
             connection.execute(sa.select(images.c.content_hash, images.c.id).where(images.c.content_hash.in_(hashes))).all()
         ) if hashes else {}
-        resolved = [_image_of_task({"id": t.get("id"), "data": t.get("data")}, uuid, by_hash, task_images) for t in tasks]
+        by_path = _images_by_reference(connection, project, tasks)
+        resolved = [
+            _image_of_task({"id": t.get("id"), "data": t.get("data")}, uuid, by_hash, task_images, by_path, project) for t in tasks
+        ]
         ids = [i for i, _ in resolved if i is not None]
         rows = {
             row.id: row
