@@ -61,6 +61,9 @@ def test_bare_embed_reuses_the_recorded_checkpoint_for_new_images(cli, make_imag
     assert per_spec == {recorded["spec_id"]: 8}
     # naming the same architecture without --pretrained still means the recorded weights
     assert json.loads(cli("embed", "--model", TINY_VIT, *FAST, "--json").stdout)["spec_id"] == recorded["spec_id"]
+    # new weights alone keep the project's architecture (not the ViT-B-32 default)
+    other = json.loads(cli("embed", "--pretrained", "none", *FAST, "--json").stdout)
+    assert other["spec"].startswith(f"{TINY_VIT}/RANDOM") and other["embedded"] == 8
 
 
 def test_changed_checkpoint_is_an_integrity_error_not_a_new_spec(cli, make_images, checkpoint):

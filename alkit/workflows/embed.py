@@ -174,7 +174,8 @@ def choose_model(project: Project) -> PlannedSpec:
     """The (architecture, weights) `alkit embed` uses, never a silent fallback:
 
     - `pretrained` given (flag, ALKIT_PRETRAINED or alkit.toml): that tag or checkpoint with
-      `model`; the word `none` means seeded random weights, the only way to get them;
+      `model` (without `model`: the project's architecture, if it has one); the word `none`
+      means seeded random weights, the only way to get them;
     - otherwise the project's recorded model (its current open_clip spec), as long as a given
       `model` names the same architecture; a checkpoint must still hash the same;
     - otherwise an InputError naming --model/--pretrained.
@@ -185,11 +186,13 @@ def choose_model(project: Project) -> PlannedSpec:
     model_given = sources.get("model", "default") != "default"
     if model_given:
         check_architecture(settings.model)  # an unknown name is reported as such first
-    if pretrained:
-        if pretrained.strip().lower() == RANDOM_WEIGHTS:
-            return plan_spec(settings.model, None, settings.seed)
-        return plan_spec(settings.model, pretrained, settings.seed)
     recorded = _recorded_model(project)
+    if pretrained:
+        architecture = settings.model
+        if not model_given and recorded is not None and recorded.kind == OPEN_CLIP_KIND:
+            architecture = recorded.spec["architecture"]  # new weights for the project's architecture
+        random = pretrained.strip().lower() == RANDOM_WEIGHTS
+        return plan_spec(architecture, None if random else pretrained, settings.seed)
     if recorded is None or recorded.kind != OPEN_CLIP_KIND:
         given = f"--model {settings.model} without --pretrained" if model_given else "no model given"
         what = (
