@@ -204,3 +204,55 @@ def test_write_pngs_round_trip_and_answer_key(tmp_path, split, random_clip):
     with open(tmp_path / "pool" / "pool_labels.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [(r["path"], r["label"]) for r in rows] == [(p.name, CLASS_NAMES[int(y)]) for p, y in zip(paths, labels)]
+
+
+def test_supervised_view_contrastive_matches_a_loop():
+    import torch
+
+    from alkit.demo.train_clip import supervised_view_contrastive
+
+    generator = torch.Generator().manual_seed(2)
+    first = torch.nn.functional.normalize(torch.randn(4, 3, generator=generator), dim=1)
+    second = torch.nn.functional.normalize(torch.randn(4, 3, generator=generator), dim=1)
+    labels = torch.tensor([0, 1, 0, 2])
+    z = torch.cat([first, second]).double().numpy()
+    y = np.concatenate([labels.numpy(), labels.numpy()])
+    total = 0.0
+    for i in range(8):
+        others = [j for j in range(8) if j != i]
+        log_norm = np.log(sum(np.exp(z[i] @ z[j] / 0.5) for j in others))
+        positives = [j for j in others if y[j] == y[i]]
+        total += -np.mean([z[i] @ z[j] / 0.5 - log_norm for j in positives])
+    assert float(supervised_view_contrastive(first, second, labels, 0.5)) == pytest.approx(total / 8, rel=1e-5)
+
+
+def test_shifted_views_without_rotation_or_noise_are_the_images_or_their_inverse(split):
+    import torch
+
+    from alkit.demo.train_clip import shifted_views
+
+    grey = torch.as_tensor(split.train_images[:6], dtype=torch.float32) / 255.0
+    generator = torch.Generator().manual_seed(0)
+    torch.testing.assert_close(shifted_views(grey, generator, 0.0, 0.0), grey, atol=1e-5, rtol=0)
+    torch.testing.assert_close(shifted_views(grey, generator, 0.0, 0.0, invert=True), 1.0 - grey, atol=1e-5, rtol=0)
+    # Rotated + noisy views differ per draw and stay in [0, 1]; noise std as set (far from the clipped ends).
+    a, b = shifted_views(grey, generator, 35.0, 0.1), shifted_views(grey, generator, 35.0, 0.1)
+    assert not torch.equal(a, b) and a.min() >= 0 and a.max() <= 1
+    plain = shifted_views(grey, torch.Generator().manual_seed(5), 35.0, 0.0)
+    noisy = shifted_views(grey, torch.Generator().manual_seed(5), 35.0, 0.1)
+    middle = (plain > 0.3) & (plain < 0.7)
+    assert float((noisy - plain)[middle].std()) == pytest.approx(0.1, rel=0.2)
+
+
+def test_training_with_shifted_views_is_deterministic_and_keeps_the_checkpoint_format(tmp_path, split):
+    from safetensors.torch import load_file
+
+    settings = TinyClipTrainSettings(max_steps=2, batch_size=20, warmup_steps=1, view_weight=1.0, view_invert=True,
+                                     caption_view_fraction=0.5)
+    images, labels = split.train_images[:40], split.train_labels[:40]
+    first = train_tiny_clip(images, labels, tmp_path / "a.safetensors", settings)
+    second = train_tiny_clip(images, labels, tmp_path / "b.safetensors", settings)
+    plain = train_tiny_clip(images, labels, tmp_path / "c.safetensors", QUICK)
+    assert first.checkpoint.read_bytes() == second.checkpoint.read_bytes()
+    assert set(load_file(str(first.checkpoint))) == set(load_file(str(plain.checkpoint)))  # the view head is not saved
+    assert settings_hash(settings, 0) != settings_hash(QUICK, 0)
