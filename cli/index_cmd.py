@@ -28,10 +28,7 @@ def build(
     checks.number(nlist, "--nlist", 1)
     checks.number(pq, "--pq", 1)
     checks.number(nprobe, "--nprobe", 1)
-    from alkit.progress import stage
-
-    with stage(f"index: building or extending the {kind} FAISS index over the current embeddings"):
-        report = build_index(ctx.obj.project(), kind=kind, nlist=nlist, pq_m=pq, nprobe=nprobe)
+    report = build_index(ctx.obj.project(), kind=kind, nlist=nlist, pq_m=pq, nprobe=nprobe)
     if json_output:
         emit_json(report.as_json())
         return

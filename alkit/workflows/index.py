@@ -65,7 +65,10 @@ def ensure_project_index(project: Project, spec=None, settings=None):
         return load_vectors_in_order(project, spec.id, wanted)
 
     settings = settings or _stored_or_default_settings(directory)
-    return ensure_index(directory, spec.key, ids, load, settings, expected_dim=spec.dim), spec
+    from alkit.progress import stage
+
+    with stage(f"index: making the FAISS index cover {len(ids):,} embedded images (loaded, extended or rebuilt)"):
+        return ensure_index(directory, spec.key, ids, load, settings, expected_dim=spec.dim), spec
 
 
 def build_index(project: Project, kind: str = "auto", nlist: int | None = None, pq_m: int | None = None,
