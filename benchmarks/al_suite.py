@@ -263,6 +263,33 @@ def _fmt(value, digits=3):
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def targets(rows: list[dict], budget: int, rounds: int) -> str:
+    """Issue 15's three targets for the product default and for the best alkit method by AUC."""
+    by_name = {r["method"]: r for r in rows}
+    peers = [r for r in rows if r["method"] not in ALKIT_METHODS and r["method"] != "lr-random"]
+    best_peer = max(peers, key=lambda r: r["auc"]) if peers else None
+    alkit = [r for r in rows if r["method"] in ALKIT_METHODS and r["method"] != "random"]
+    best = max(alkit, key=lambda r: r["auc"]) if alkit else None
+    lines = []
+    for label, r in (("product default", by_name.get(PRODUCT_DEFAULT)), ("best alkit method by AUC", best)):
+        if r is None or "random" not in by_name:
+            continue
+        total = budget * rounds
+        reach = r["to_random"]
+        first = (f"reaches random's final accuracy ({by_name['random']['final']:.3f}) with "
+                 f"{'more than ' + str(total) if reach is None else reach} labels "
+                 f"({'not reached' if reach is None else f'{100 * reach / total:.0f}%'} of random's {total}; target <= 60%: "
+                 f"{'met' if reach is not None and reach <= 0.6 * total else 'missed'})")
+        second = ("no peer ran" if best_peer is None else
+                  f"AUC {r['auc']:.3f} vs best peer {best_peer['method']} {best_peer['auc']:.3f} "
+                  f"(target >=: {'met' if r['auc'] >= best_peer['auc'] else 'missed'})")
+        third = ("-" if "worst_diff" not in r else
+                 f"worst round {r['worst_round']}: {r['worst_diff']:+.3f} +- {r['worst_std']:.3f} vs random "
+                 f"(target: never below by more than 1 sd: {'missed' if r['below_random'] else 'met'})")
+        lines.append(f"- {label} `{r['method']}`: {first}; {second}; {third}.")
+    return "\n".join(lines)
+
+
 def summary_table(rows: list[dict], budget: int, rounds: int) -> str:
     total = budget * rounds
     lines = [
@@ -489,7 +516,7 @@ def write_results(data, settings: Settings, sections: list[tuple[int, int, dict[
                      "second tier of methods and later seeds were cut first; each method's figures use its own seeds, "
                      "paired differences use the seeds shared with random).")
         lines += ["", f"## {rounds} rounds of {budget}", "", f"Seeds finished by every method: {seeds}.{shortfall}", "",
-                  summary_table(rows, budget, rounds), ""]
+                  summary_table(rows, budget, rounds), "", "Issue 15's targets:", "", targets(rows, budget, rounds), ""]
         if first:
             lines += ["First-round selection by the product: " + ", ".join(f"{k}: {v}" for k, v in sorted(set(first.items()))[:3]) + " ...", ""]
         for metric in ("accuracy", "nll", "ece", "seconds"):
