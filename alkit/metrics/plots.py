@@ -41,7 +41,7 @@ def plot_reliability(bin_stats: ReliabilityBins, path: str | Path, title: str = 
         axis.set_ylim(0, 1)
         axis.set_xlabel("confidence (max probability)")
         axis.set_ylabel("accuracy")
-        axis.set_title(f"{title} (ECE {ece_from_bins(bin_stats):.3f}, {len(widths)} bins)")
+        axis.set_title(f"{title} (ECE {ece_from_bins(bin_stats):.3f}, {len(widths)} bins)", fontsize=10)
         axis.legend(loc="upper left")
         figure.tight_layout()
         figure.savefig(path, format="png", dpi=100)

@@ -187,7 +187,7 @@ def _test_split_sections(project, split: str, num_bins: int, figures_dir: Path, 
     metrics = summary(probs, labels_, num_bins)
     _, bins = ece(probs, labels_, num_bins)
     who = f"posterior v{row.version} ({row.labels_used} labels)"
-    reliability = plot_reliability(bins, figures_dir / "reliability.png", title=f"Reliability, {who}")
+    reliability = plot_reliability(bins, figures_dir / "reliability.png", title=f"v{row.version}, {row.labels_used} labels")
     figures["reliability"] = str(reliability)
     calibration = figure(reliability, f"{len(labels_)} '{split}' images, {num_bins} equal-width confidence bins") + table(
         ["measure", "value"], [("accuracy", f"{metrics['accuracy']:.3f}"), ("negative log-likelihood", f"{metrics['nll']:.3f}"),
