@@ -12,14 +12,15 @@ from alkit_cli.render import echo_table, emit_json, emit_json_lines
 
 def fit(
     ctx: typer.Context,
-    posterior: Optional[str] = typer.Option(None, "--posterior", help="bayesvlm | laplace_head | probvlm [default: by embedding kind]."),
+    posterior: Optional[str] = typer.Option(None, "--posterior", help="bayesvlm | laplace_head | probvlm | ensemble | mimo | hetsngp (see `alkit strategies`) [default: by embedding kind]."),
     factors: Optional[str] = typer.Option(None, "--factors", help="Directory with A_img.npy, B_img.npy[, A_txt, B_txt, n, lam]."),
     pairs: Optional[str] = typer.Option(None, "--pairs", help="CSV image_path,caption: curvature from your own pairs."),
-    pseudo_data: float = typer.Option(10.0, "--pseudo-data", help="Pseudo-data count n of the KFAC posterior."),
+    pseudo_data: Optional[float] = typer.Option(None, "--pseudo-data", help="bayesvlm: pseudo-data multiplier n of the zero-shot curvature [default: chosen from 0.3-30 by the labels' Laplace evidence; 10 with no labels]."),
     candidate_batch_size: Optional[int] = typer.Option(None, "--candidate-batch-size", help="Texts per GGN candidate batch [default: all candidates in one batch]."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed [default: setting `seed`]."),
     epochs: int = typer.Option(30, "--epochs", help="probvlm: training epochs (early stopping may end sooner)."),
     learning_rate: float = typer.Option(3e-3, "--learning-rate", help="probvlm: Adam step size."),
+    hyper: bool = typer.Option(False, "--hyper", help="ensemble: a hyperparameter ensemble (members also differ in weight decay)."),
     force: bool = typer.Option(False, "--force", help="Refit even when no labels or settings changed."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
@@ -36,6 +37,7 @@ def fit(
     checks.requires(
         (factors is not None or pairs is not None) and posterior == "laplace_head", "--factors/--pairs", "--posterior bayesvlm"
     )
+    checks.requires(hyper and posterior != "ensemble", "--hyper", "--posterior ensemble")
     checks.existing(factors, "--factors", "dir")
     checks.existing(pairs, "--pairs", "file")
     from alkit.progress import stage
@@ -47,7 +49,7 @@ def fit(
             FitSettings(
                 posterior=posterior, factors_dir=factors, pairs_csv=pairs, pseudo_data=pseudo_data,
                 candidate_batch_size=candidate_batch_size, seed=project.settings.seed, epochs=epochs,
-                learning_rate=learning_rate,
+                learning_rate=learning_rate, hyper=hyper,
             ),
             force=force,
         )

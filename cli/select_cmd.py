@@ -71,7 +71,7 @@ def select(
 
 
 def strategies() -> None:
-    """List the scorers, batch modes and cold-start selectors."""
+    """List the scorers, batch modes, cold-start selectors and posterior kinds."""
     from alkit.acquisition import BATCH_MODES, COLD_START, SCORERS
 
     echo_table([(name, SCORERS.describe(name)) for name in SCORERS.names()], ["strategy", "description"])
@@ -79,6 +79,10 @@ def strategies() -> None:
     echo_table([(name, BATCH_MODES.describe(name)) for name in BATCH_MODES.names()], ["batch mode", "description"])
     typer.echo("")
     echo_table([(name, COLD_START.describe(name)) for name in COLD_START.names()], ["cold start", "description"])
+    from alkit.workflows.fit import POSTERIOR_FEATURES
+
+    typer.echo("")
+    echo_table([(name, POSTERIOR_FEATURES.describe(name)) for name in POSTERIOR_FEATURES.names()], ["posterior (fit --posterior)", "description"])
 
 
 def register(app: typer.Typer) -> None:

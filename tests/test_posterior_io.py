@@ -66,7 +66,7 @@ def test_load_refuses_another_spec_or_class_list(tmp_path):
 
 
 def test_registry_names_and_unknown_name():
-    assert POSTERIORS.names() == ["bayesvlm", "laplace_head", "probvlm"]
+    assert POSTERIORS.names() == ["bayesvlm", "ensemble", "hetsngp", "laplace_head", "mimo", "probvlm"]
     assert get_posterior_class("laplace_head") is LaplaceHeadPosterior
-    with pytest.raises(UnknownNameError, match="bayesvlm, laplace_head, probvlm"):
+    with pytest.raises(UnknownNameError, match="bayesvlm, ensemble, hetsngp, laplace_head, mimo, probvlm"):
         get_posterior_class("nope")

@@ -27,12 +27,18 @@ POSTERIORS: Registry[type] = Registry("posterior")
 
 def _register_builtin() -> None:
     from alkit.posterior.bayesvlm import BayesVLMPosterior
+    from alkit.posterior.ensemble import EnsemblePosterior
+    from alkit.posterior.hetsngp import HetSNGPPosterior
     from alkit.posterior.laplace_head import LaplaceHeadPosterior
+    from alkit.posterior.mimo import MimoPosterior
     from alkit.posterior.probvlm import ProbVLMPosterior
 
     POSTERIORS.register("bayesvlm", BayesVLMPosterior, "Kronecker Laplace over the CLIP image projection (needs phi)")
     POSTERIORS.register("laplace_head", LaplaceHeadPosterior, "Laplace linear head on imported embeddings")
     POSTERIORS.register("probvlm", ProbVLMPosterior, "ProbVLM generalised-Gaussian adapters on frozen embeddings")
+    POSTERIORS.register("ensemble", EnsemblePosterior, "Anchored ensemble of linear heads on embeddings (optionally a hyperparameter ensemble)")
+    POSTERIORS.register("mimo", MimoPosterior, "MIMO subnetworks in one MLP on embeddings")
+    POSTERIORS.register("hetsngp", HetSNGPPosterior, "Spectral-norm MLP + random-feature GP (Laplace) + heteroscedastic noise")
 
 
 _register_builtin()

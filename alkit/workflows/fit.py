@@ -31,8 +31,13 @@ POSTERIOR_FEATURES: Registry[str] = Registry("posterior")
 POSTERIOR_FEATURES.register("bayesvlm", "phi", "Laplace over CLIP's image projection (open_clip embeddings), ProbCosine predictive")
 POSTERIOR_FEATURES.register("laplace_head", "embedding", "Laplace over a linear head on the embeddings (any imported embeddings)")
 POSTERIOR_FEATURES.register("probvlm", "embedding", "ProbVLM generalised-Gaussian adapters on the embeddings (needs class-prompt text embeddings)")
+POSTERIOR_FEATURES.register("ensemble", "embedding", "Ensemble of 8 anchored linear heads on the embeddings (--hyper: members differ in weight decay)")
+POSTERIOR_FEATURES.register("mimo", "embedding", "MIMO: 3 subnetworks in one small MLP on the embeddings, one forward pass (needs 2+ labels)")
+POSTERIOR_FEATURES.register("hetsngp", "embedding", "HetSNGP: spectral-norm MLP, random-feature GP output (Laplace) + heteroscedastic noise (needs 2+ labels)")
 
-DEFAULT_PSEUDO_DATA = 10.0
+DEFAULT_PSEUDO_DATA = 10.0  # BayesVLM's n with no labels (the reference uses 4-10)
+# With labels and no --pseudo-data, n is chosen from this grid by the labels' Laplace evidence.
+PSEUDO_DATA_GRID = (0.3, 1.0, 3.0, 10.0, 30.0)
 DEFAULT_CURVATURE_IMAGES = 20_000  # pool images sampled for the zero-shot curvature
 IMPORTED_LOGIT_SCALE = 100.0  # CLIP's s, used for imported embeddings with text embeddings
 
@@ -40,7 +45,7 @@ IMPORTED_LOGIT_SCALE = 100.0  # CLIP's s, used for imported embeddings with text
 @dataclass(frozen=True)
 class FitSettings:
     posterior: str | None = None  # None: bayesvlm for open_clip specs, laplace_head otherwise
-    pseudo_data: float = DEFAULT_PSEUDO_DATA
+    pseudo_data: float | None = None  # None: chosen by evidence (PSEUDO_DATA_GRID), DEFAULT_PSEUDO_DATA without labels
     candidate_batch_size: int | None = None
     curvature_images: int = DEFAULT_CURVATURE_IMAGES
     factors_dir: str | None = None
@@ -48,6 +53,7 @@ class FitSettings:
     seed: int = 0
     epochs: int = 30  # probvlm: training epochs (early stopping may end sooner)
     learning_rate: float = 3e-3  # probvlm: Adam step size (science.md says 1e-4; 3e-3 moved the adapters in 30 epochs, 1e-4 barely did)
+    hyper: bool = False  # ensemble: members also differ in weight decay (hyperparameter ensemble)
     labels_fingerprint: str | None = None  # set by fit_posterior: which labels the fit saw (fit_freshness)
 
 
@@ -133,7 +139,31 @@ def load_current_posterior(project: Project, context: PoolContext):
     return row, load_posterior(project.resolve_stored(row.path), context.spec.key, context.class_names)
 
 
-def _bayesvlm_base(project: Project, context: PoolContext, settings: FitSettings):
+def _refit_choosing_pseudo_data(base, features, labels, settings: FitSettings, parent_version):
+    """BayesVLM refit for each candidate n (the given one, or PSEUDO_DATA_GRID); keeps the one
+    whose labels have the highest Laplace evidence under that n's zero-shot posterior."""
+    from alkit.posterior.bayesvlm import labelled_log_evidence, refit, with_pseudo_data
+
+    candidates = [settings.pseudo_data] if settings.pseudo_data is not None else list(PSEUDO_DATA_GRID)
+    best, best_value, evidence = None, -np.inf, {}
+    for n in candidates:
+        parent = with_pseudo_data(base, n)
+        child = refit(parent, features, labels, seed=settings.seed, parent_version=parent_version)
+        value = labelled_log_evidence(parent, child, features, labels)
+        evidence[str(n)] = value
+        if best is None or value > best_value:
+            best, best_value = child, value
+    from dataclasses import replace
+
+    provenance = replace(
+        best.provenance,
+        settings={**best.provenance.settings, "pseudo_data": best.pseudo_data, "pseudo_data_evidence": evidence,
+                  "pseudo_data_chosen_by": "given" if settings.pseudo_data is not None else "labels' Laplace evidence"},
+    )
+    return replace(best, provenance=provenance)
+
+
+def _bayesvlm_base(project: Project, context: PoolContext, settings: FitSettings, exclude: set[int] = frozenset()):
     from alkit.posterior.bayesvlm import BayesVLMPosterior
 
     text = context.text
@@ -148,7 +178,9 @@ def _bayesvlm_base(project: Project, context: PoolContext, settings: FitSettings
         return _bayesvlm_from_factors(Path(settings.factors_dir), projection, context, scale, settings)
     if settings.pairs_csv:
         return _bayesvlm_from_pairs(project, Path(settings.pairs_csv), projection, context, scale, settings)
-    pool_ids = embedded_image_ids(project, context.spec.id, images.c.split == Split.POOL.value).tolist()
+    # Labelled images enter the refit's curvature with their labels; leaving them in the
+    # zero-shot curvature as well would count them twice.
+    pool_ids = [i for i in embedded_image_ids(project, context.spec.id, images.c.split == Split.POOL.value).tolist() if i not in exclude]
     if not pool_ids:
         raise StateError("no embedded pool images to estimate the curvature from; run `alkit add` and `alkit embed`")
     rng = np.random.default_rng(settings.seed)
@@ -156,7 +188,7 @@ def _bayesvlm_base(project: Project, context: PoolContext, settings: FitSettings
         pool_ids = rng.choice(np.asarray(pool_ids), settings.curvature_images, replace=False).tolist()
     _, phi = load_vectors(project, context.spec.id, pool_ids, kind="phi")
     return BayesVLMPosterior.from_pool_curvature(
-        phi, projection, text.text_emb, scale, settings.pseudo_data, settings.candidate_batch_size,
+        phi, projection, text.text_emb, scale, settings.pseudo_data or DEFAULT_PSEUDO_DATA, settings.candidate_batch_size,
         classes=context.class_names, embedding_spec_key=context.spec.key,
     )
 
@@ -172,7 +204,7 @@ def _bayesvlm_from_factors(directory: Path, projection, context: PoolContext, sc
     missing = {"A_img", "B_img"} - set(arrays)
     if missing:
         raise InputError(f"{directory} lacks {', '.join(sorted(missing))}.npy; factors are A_img, B_img[, A_txt, B_txt, n, lam] as .npy")
-    pseudo = float(arrays["n"]) if "n" in arrays else settings.pseudo_data
+    pseudo = float(arrays["n"]) if "n" in arrays else (settings.pseudo_data or DEFAULT_PSEUDO_DATA)
     lam = float(arrays["lam"]) if "lam" in arrays else None
     return BayesVLMPosterior.from_factors(
         arrays["A_img"], arrays["B_img"], projection, context.text.text_emb, scale, pseudo, lam,
@@ -245,7 +277,7 @@ def _bayesvlm_from_pairs(project: Project, path: Path, projection, context: Pool
         text_side = kfac_factors(np.concatenate(psi), q_projection, image_emb, scale, batch, "infonce")  # softmax over images
         text_kwargs = dict(A_txt=text_side.A, B_txt=text_side.B, text_features=text.psi, text_projection=q_projection)
     return BayesVLMPosterior.from_factors(
-        image_side.A, image_side.B, projection, text.text_emb, scale, settings.pseudo_data,
+        image_side.A, image_side.B, projection, text.text_emb, scale, settings.pseudo_data or DEFAULT_PSEUDO_DATA,
         num_inputs=len(rows), classes=context.class_names, embedding_spec_key=context.spec.key,
         curvature_source=f"{len(rows)} image-caption pairs from {path.name}"
         + (" (image and text projections)" if text_kwargs else " (image projection)"),
@@ -309,19 +341,15 @@ def fit_posterior(project: Project, settings: FitSettings = FitSettings(), force
     _, features, labels = labelled_training_set(project, context, kind)
 
     if kind == "bayesvlm":
-        from alkit.posterior.bayesvlm import RefitSettings, refit
-
-        posterior = _bayesvlm_base(project, context, settings)
-        if len(labels):
-            # MAP under the Laplace prior N(P_base, 1/lam): with a mean cross-entropy the
-            # matching weight decay is lam / L, strong for few labels and fading with more.
-            decay = posterior.prior_precision / len(labels)
-            posterior = refit(
-                posterior, features, labels, RefitSettings(weight_decay=decay), seed=settings.seed,
-                parent_version=parent_version,
-            )
+        ids, _, _ = labelled_training_set(project, context, kind)
+        base = _bayesvlm_base(project, context, settings, exclude=set(int(i) for i in ids))
+        posterior = base if not len(labels) else _refit_choosing_pseudo_data(base, features, labels, settings, parent_version)
     elif kind == "probvlm":
         posterior = _probvlm(project, context, features, labels, settings, parent_version)
+    elif kind in ("ensemble", "mimo", "hetsngp"):
+        from alkit.workflows.fit_trained_heads import fit_trained_head
+
+        posterior = fit_trained_head(project, context, kind, features, labels, settings, parent_version)
     else:
         from alkit.posterior.laplace_head import fit_laplace_head
 

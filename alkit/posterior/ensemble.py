@@ -1,0 +1,252 @@
+"""Deep / hyperparameter ensemble of linear heads on cached embeddings (`ensemble` posterior).
+
+M multinomial logistic heads f_m(x) = W_m [x; 1] on the standardised embeddings of the Laplace
+head (`trained_heads.prepare_head_inputs`). Each member is *anchored* (Pearce et al. 2020,
+"randomised MAP sampling"): it minimises
+
+  sum_i w_mi CE(W_m x_i, y_i) + lam_m / 2 |W_m - A_m|^2,   A_m ~ N(W_0, lam_m^-1 I)
+
+with W_0 the class-prompt zero-shot classifier (or zero) and L-BFGS started at its own anchor.
+Why anchors: the loss of a linear head is convex, so independently initialised members solved
+to tolerance would all coincide; a random anchor per member is what makes a linear deep ensemble
+diverse, and for a Gaussian likelihood anchored members are exact posterior samples. With no
+labels the members are prior draws around the zero-shot classifier. `bootstrap=True` also gives
+each member Bayesian-bootstrap weights w_mi (Dirichlet(1) * L) instead of w = 1.
+
+`hyper=True` (hyperparameter ensemble, Wenzel et al. 2020): members also differ in their prior
+precision (weight decay) lam_m, stratified log-uniformly over [lam / r, lam * r] (one member per
+stratum, in a seeded order, each with its own anchor seed). The learning rate, the other
+hyperparameter of that paper, has no effect here: every member is solved to a gradient
+tolerance, so the solution does not depend on the optimiser's step size.
+
+Samples: member s of `sample_weights(S, seed)` is member `cycle_members(M, S, seed)[s]`: a
+seeded permutation of the M members, repeated in order when S > M (BALD and EPIG of repeated
+members equal those of the M members themselves), the first S when S < M.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from alkit.errors import InputError
+from alkit.posterior.base import PosteriorProvenance
+from alkit.posterior.laplace_head import HeadSamples
+from alkit.posterior.trained_heads import (
+    cycle_members,
+    head_inputs,
+    member_moments,
+    prepare_head_inputs,
+    softmax,
+    standardisation_state,
+)
+
+KIND = "ensemble"
+
+
+@dataclass(frozen=True)
+class EnsembleSettings:
+    members: int = 8  # M
+    prior_precision: float = 1.0  # lam (the centre of the range with hyper=True)
+    hyper: bool = False  # members differ in lam too (hyperparameter ensemble)
+    hyper_range: float = 10.0  # r: lam_m in [lam / r, lam * r]
+    bootstrap: bool = False  # Bayesian-bootstrap weights per member
+    gradient_tolerance: float = 1e-5  # L-BFGS stops at max |gradient| <= this * (L + 1)
+    max_iterations: int = 5_000
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class EnsemblePosterior:
+    """M linear heads; implements `alkit.posterior.base.Posterior` with x = embeddings (N, D)."""
+
+    weights: np.ndarray  # (M, K, D + 1), bias last
+    member_precisions: np.ndarray  # lam_m (M,)
+    provenance: PosteriorProvenance
+    classes: tuple[str, ...] = ()
+    embedding_spec_key: str = "unspecified"
+    input_mean: np.ndarray | None = None
+    input_scale: float = 1.0
+    kind: str = field(default=KIND, init=False)
+
+    prior_precision = None  # no single Laplace prior (fit reports show None)
+
+    @property
+    def num_classes(self) -> int:
+        return self.weights.shape[1]
+
+    @property
+    def num_members(self) -> int:
+        return self.weights.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.weights.shape[2] - 1
+
+    def _inputs(self, x, dtype=np.float32) -> np.ndarray:
+        return head_inputs(x, self.dim, self.input_mean, self.input_scale, dtype)
+
+    def member_logits(self, x) -> np.ndarray:
+        """Logits of every member `(M, N, K)`."""
+        xa = self._inputs(x, np.float64)
+        members, num_classes, width = self.weights.shape
+        logits = xa @ self.weights.reshape(members * num_classes, width).T  # (N, M*K), one BLAS matmul
+        return logits.reshape(-1, members, num_classes).transpose(1, 0, 2)
+
+    def logit_moments(self, x) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and variance of the logits over the members `(N, K), (N, K)`."""
+        return member_moments(self.member_logits(x))
+
+    def predict(self, x) -> np.ndarray:
+        """The ensemble predictive: the mean of the members' softmax `(N, K)`."""
+        return softmax(self.member_logits(x)).mean(axis=0)
+
+    def map_predict(self, x) -> np.ndarray:
+        """softmax of the averaged head (the point model closest to the ensemble)."""
+        return softmax(self._inputs(x, np.float64) @ self.weights.mean(axis=0).T)
+
+    def sample_weights(self, num_samples: int, seed: int) -> HeadSamples:
+        """S members (see the module docstring: a seeded cycle over the M members)."""
+        return HeadSamples(self.weights[cycle_members(self.num_members, num_samples, seed)].astype(np.float32), seed)
+
+    def _sample_logits_tensor(self, weights: HeadSamples, x):
+        import torch
+
+        num_samples, num_classes, _ = weights.weights.shape
+        xa = torch.from_numpy(self._inputs(x, weights.weights.dtype))
+        return (xa @ torch.from_numpy(weights.stacked)).view(xa.shape[0], num_samples, num_classes)
+
+    def sample_logits(self, weights: HeadSamples, x) -> np.ndarray:
+        """W_s [x; 1] per sampled member `(S, N, K)` (a strided view of `(N, S, K)` memory)."""
+        return self._sample_logits_tensor(weights, x).permute(1, 0, 2).numpy()
+
+    def sample_probs(self, weights: HeadSamples, x) -> np.ndarray:
+        import torch
+
+        return torch.softmax(self._sample_logits_tensor(weights, x), dim=-1).permute(1, 0, 2).numpy()
+
+    def save(self, directory: Path) -> None:
+        from alkit.posterior.io import save_posterior
+
+        save_posterior(self, directory)
+
+    def to_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        arrays, header = standardisation_state(self.input_mean, self.input_scale)
+        arrays.update(weights=self.weights, member_precisions=self.member_precisions)
+        return arrays, header
+
+    @classmethod
+    def from_state(cls, arrays, header, provenance, classes, embedding_spec_key) -> "EnsemblePosterior":
+        return cls(
+            arrays["weights"], arrays["member_precisions"], provenance, tuple(classes), embedding_spec_key,
+            arrays.get("input_mean"), float(header.get("input_scale", 1.0)),
+        )
+
+
+def member_precisions(settings: EnsembleSettings, seed: int) -> np.ndarray:
+    """lam_m `(M,)`: all lam, or (hyper) one log-uniform draw per stratum of [lam/r, lam*r], seeded order."""
+    count = settings.members
+    if not settings.hyper:
+        return np.full(count, float(settings.prior_precision))
+    rng = np.random.default_rng([seed, 1])
+    positions = (rng.permutation(count) + rng.uniform(size=count)) / count  # one per stratum of [0, 1)
+    span = np.log(settings.hyper_range)
+    return float(settings.prior_precision) * np.exp(span * (2.0 * positions - 1.0))
+
+
+def fit_members(
+    xa: np.ndarray, labels: np.ndarray, anchors: np.ndarray, precisions: np.ndarray, sample_weights: np.ndarray,
+    gradient_tolerance: float, max_iterations: int,
+) -> tuple[np.ndarray, int, bool]:
+    """argmin over all members at once of sum_m [sum_i w_mi CE(W_m x_i) + lam_m/2 |W_m - A_m|^2]
+    (separable, so each member gets its own minimiser) by L-BFGS with the exact gradient."""
+    from scipy.optimize import minimize
+
+    members, num_classes, width = anchors.shape
+    rows = np.arange(labels.shape[0])
+    onehot = np.zeros((labels.shape[0], num_classes))
+    onehot[rows, labels] = 1.0
+    scale = precisions[:, None, None]
+
+    def loss_and_gradient(flat: np.ndarray) -> tuple[float, np.ndarray]:
+        weights = flat.reshape(members, num_classes, width)
+        logits = (xa @ weights.reshape(members * num_classes, width).T).reshape(-1, members, num_classes)
+        logits = logits.transpose(1, 0, 2)  # (M, L, K)
+        shifted = logits - logits.max(axis=2, keepdims=True)
+        log_norm = np.log(np.exp(shifted).sum(axis=2, keepdims=True))
+        log_probs = shifted - log_norm
+        offset = weights - anchors
+        loss = -(sample_weights * log_probs[:, rows, labels]).sum() + 0.5 * np.sum(scale * offset**2)
+        residual = (np.exp(log_probs) - onehot[None]) * sample_weights[:, :, None]  # (M, L, K)
+        residual = residual.transpose(1, 0, 2).reshape(-1, members * num_classes)  # (L, M*K): one BLAS matmul
+        gradient = (residual.T @ xa).reshape(members, num_classes, width) + scale * offset
+        return float(loss), gradient.ravel()
+
+    tolerance = gradient_tolerance * (labels.shape[0] + 1)
+    result = minimize(
+        loss_and_gradient, anchors.ravel().copy(), jac=True, method="L-BFGS-B",
+        options={"maxiter": max_iterations, "gtol": tolerance, "ftol": 0.0, "maxcor": 10},
+    )
+    gradient = loss_and_gradient(result.x)[1]
+    return result.x.reshape(members, num_classes, width), int(result.nit), bool(np.abs(gradient).max() <= 10 * tolerance)
+
+
+def fit_ensemble(
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    class_text: np.ndarray | None = None,
+    logit_scale: float = 1.0,
+    settings: EnsembleSettings = EnsembleSettings(),
+    seed: int = 0,
+    classes=None,
+    embedding_spec_key: str = "unspecified",
+    parent_version: int | None = None,
+    unlabelled: np.ndarray | None = None,
+) -> EnsemblePosterior:
+    """Fit M anchored members (see the module docstring); zero labels need class prompts."""
+    if settings.members < 2:
+        raise InputError(f"an ensemble needs at least 2 members, got {settings.members}")
+    if settings.prior_precision <= 0 or settings.hyper_range < 1:
+        raise InputError(
+            f"prior precision {settings.prior_precision} must be > 0 and hyper range {settings.hyper_range} >= 1"
+        )
+    inputs = prepare_head_inputs(embeddings, labels, num_classes, class_text, logit_scale, classes, unlabelled)
+    precisions = member_precisions(settings, seed)
+    rng = np.random.default_rng([seed, 0])
+    noise = rng.standard_normal((settings.members,) + inputs.prior.shape)
+    anchors = inputs.prior[None] + noise / np.sqrt(precisions)[:, None, None]
+    count = inputs.labels.size
+    if settings.bootstrap and count:
+        sample_weights = rng.dirichlet(np.ones(count), size=settings.members) * count
+    else:
+        sample_weights = np.ones((settings.members, count))
+    report: dict[str, Any] = {"member_precisions": precisions.tolist()}
+    if count:
+        weights, iterations, converged = fit_members(
+            inputs.xa, inputs.labels, anchors, precisions, sample_weights, settings.gradient_tolerance,
+            settings.max_iterations,
+        )
+        flat = inputs.xa @ weights.reshape(-1, weights.shape[2]).T  # (L, M*K)
+        predicted = flat.reshape(count, settings.members, num_classes).argmax(axis=2).T  # (M, L)
+        report.update(
+            map_iterations=iterations, map_converged=converged,
+            member_train_accuracy=(predicted == inputs.labels[None]).mean(axis=1).round(4).tolist(),
+        )
+    else:
+        weights = anchors
+    source = f"{count} labelled embeddings, {settings.members} anchored linear heads" + (
+        " (hyper: lam stratified)" if settings.hyper else ""
+    ) + (" + class-prompt prior" if class_text is not None else "")
+    provenance = PosteriorProvenance(
+        kind=KIND, curvature_source=source, labels_used=int(count), parent_version=parent_version,
+        settings={**settings.as_dict(), "seed": int(seed), "logit_scale": float(logit_scale), **report},
+    )
+    return EnsemblePosterior(
+        weights, precisions, provenance, inputs.classes, embedding_spec_key, inputs.input_mean, inputs.input_scale
+    )

@@ -1,0 +1,305 @@
+"""HetSNGP head on cached embeddings (`hetsngp` posterior; Liu et al. 2020, Fortuin et al. 2022).
+
+  h(x)   = h0 + relu(W_1 h0 + b_1),  h0 = W_in x + b_in    spectrally normalised trunk
+  phi(x) = sqrt(2/R) cos(Omega h(x) + beta)                  R random Fourier features (fixed)
+  f(x)   = W_0 [x; 1] + B phi(x)                             GP output layer, prior mean W_0
+  y | f  ~ softmax(f + sigma(x) * eps),  eps ~ N(0, I)       heteroscedastic logit noise
+  sigma(x) = softplus(G h(x) + g)
+
+x are the Laplace head's standardised embeddings and W_0 its zero-shot prior mean (zero
+without class prompts), so far from the labels f falls back to the zero-shot classifier with
+the full prior variance. Spectral normalisation: after every optimiser step each trunk matrix
+is rescaled to spectral norm <= c (exact 2-norm, not power iteration), so with the residual
+block the trunk is bi-Lipschitz and distances between embeddings survive into h (distance
+awareness). Omega ~ N(0, 1/l^2) with l the median pairwise distance of h over the training
+inputs at initialisation (fixed afterwards), beta ~ U(0, 2 pi).
+
+Training (MAP) minimises the mean of -log (1/T) sum_t softmax(f + sigma eps_t)[y] (T Monte
+Carlo draws, Collier et al. 2021) + lam/(2L) |B|^2 + lam/(2L) |trunk and noise weights|^2 by
+Adam. Posterior over B: the Laplace precision of SNGP with its Gaussian-likelihood form,
+P = lam I + sum_i phi_i phi_i^T `(R, R)`, shared by the K classes (edward2's default): the
+logit variance phi(x)^T P^-1 phi(x) is small near the labels and rises to ~1/lam far away.
+
+Shared samples: B_s = B_MAP + Z_s L^-T with P = L L^T, Z_s `(K, R)` standard normal, drawn
+once. Each sample's probabilities marginalise the label noise with `noise_draws` fixed draws
+eps_t (seeded, the same for every input): the noise is aleatoric, so it belongs inside each
+sample's likelihood (BALD's expected entropy), not between samples.
+`logit_moments`: mean f_MAP, variance phi^T P^-1 phi + sigma(x)^2; `predict` is the probit
+predictive of those moments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from alkit.errors import InputError
+from alkit.posterior.base import PosteriorProvenance
+from alkit.posterior.probcosine import probit_softmax
+from alkit.posterior.trained_heads import head_inputs, prepare_head_inputs, softmax, standardisation_state
+
+KIND = "hetsngp"
+
+
+@dataclass(frozen=True)
+class HetSNGPSettings:
+    hidden: int = 128  # H
+    features: int = 512  # R random Fourier features
+    spectral_bound: float = 0.95  # c: spectral norm bound of each trunk matrix
+    steps: int = 400
+    batch_size: int = 128
+    learning_rate: float = 3e-3
+    prior_precision: float = 1.0  # lam: prior N(0, 1/lam) on B (and weight decay of the trunk)
+    train_noise_draws: int = 8  # T Monte Carlo draws of eps per training step
+    noise_draws: int = 16  # fixed eps draws per shared sample at scoring time
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class GPSamples:
+    """S shared output-layer draws `(S, K, R)` and the fixed noise draws `(T, K)`."""
+
+    output_weights: np.ndarray
+    noise: np.ndarray
+    seed: int
+
+
+@dataclass(frozen=True)
+class HetSNGPPosterior:
+    """Implements `alkit.posterior.base.Posterior` with x = embeddings (N, D)."""
+
+    input_weights: np.ndarray  # W_in (H, D)
+    input_bias: np.ndarray  # (H,)
+    residual_weights: np.ndarray  # W_1 (H, H)
+    residual_bias: np.ndarray  # (H,)
+    frequencies: np.ndarray  # Omega (R, H)
+    phases: np.ndarray  # beta (R,)
+    output_weights: np.ndarray  # B_MAP (K, R)
+    prior_weights: np.ndarray  # W_0 (K, D + 1)
+    noise_weights: np.ndarray  # G (K, H)
+    noise_bias: np.ndarray  # g (K,)
+    precision_cholesky: np.ndarray  # L (R, R), P = L L^T
+    provenance: PosteriorProvenance
+    classes: tuple[str, ...] = ()
+    embedding_spec_key: str = "unspecified"
+    input_mean: np.ndarray | None = None
+    input_scale: float = 1.0
+    noise_draws: int = 16
+    kind: str = field(default=KIND, init=False)
+
+    prior_precision = None
+
+    @property
+    def num_classes(self) -> int:
+        return self.output_weights.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.prior_weights.shape[1] - 1
+
+    def features(self, x) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(prior logits W_0 [x; 1] `(N, K)`, random features phi `(N, R)`, noise scale sigma `(N, K)`), float64."""
+        xa = head_inputs(x, self.dim, self.input_mean, self.input_scale, np.float64)
+        hidden = _trunk_numpy(self, xa[:, :-1])
+        phi = np.sqrt(2.0 / self.frequencies.shape[0]) * np.cos(hidden @ self.frequencies.T + self.phases)
+        sigma = np.logaddexp(0.0, hidden @ self.noise_weights.T + self.noise_bias)  # softplus
+        return xa @ self.prior_weights.T, phi, sigma
+
+    def gp_variance(self, phi: np.ndarray) -> np.ndarray:
+        """phi^T P^-1 phi `(N,)`: the model (distance) part of the logit variance."""
+        from scipy.linalg import solve_triangular
+
+        solved = solve_triangular(self.precision_cholesky, phi.T, lower=True)  # L^-1 phi, (R, N)
+        return (solved**2).sum(axis=0)
+
+    def logit_moments(self, x) -> tuple[np.ndarray, np.ndarray]:
+        """Mean f_MAP `(N, K)`; variance GP part + sigma(x)^2 `(N, K)`."""
+        prior, phi, sigma = self.features(x)
+        return prior + phi @ self.output_weights.T, self.gp_variance(phi)[:, None] + sigma**2
+
+    def predict(self, x) -> np.ndarray:
+        return probit_softmax(*self.logit_moments(x))
+
+    def map_predict(self, x) -> np.ndarray:
+        prior, phi, _ = self.features(x)
+        return softmax(prior + phi @ self.output_weights.T)
+
+    def sample_weights(self, num_samples: int, seed: int) -> GPSamples:
+        """S draws of B from N(B_MAP, P^-1) (rows independent, shared covariance), plus T noise draws."""
+        from scipy.linalg import solve_triangular
+
+        if num_samples < 1:
+            raise InputError(f"need at least one sample, got {num_samples}")
+        rng = np.random.default_rng(seed)
+        num_classes, width = self.output_weights.shape
+        z = rng.standard_normal((width, num_samples * num_classes))
+        offsets = solve_triangular(self.precision_cholesky, z, lower=True, trans="T")  # L^-T z ~ N(0, P^-1)
+        draws = self.output_weights[None] + offsets.T.reshape(num_samples, num_classes, width)
+        noise = rng.standard_normal((self.noise_draws, num_classes))
+        return GPSamples(draws.astype(np.float32), noise.astype(np.float32), seed)
+
+    def sample_probs(self, weights: GPSamples, x) -> np.ndarray:
+        """E_eps softmax(W_0 x + B_s phi + sigma eps) per shared draw `(S, N, K)`."""
+        import torch
+
+        prior, phi, sigma = (torch.from_numpy(a.astype(np.float32)) for a in self.features(x))
+        logits = torch.einsum("nr,skr->snk", phi, torch.from_numpy(weights.output_weights)) + prior  # (S, N, K)
+        noisy = logits[:, :, None, :] + sigma[None, :, None, :] * torch.from_numpy(weights.noise)[None, None]
+        return torch.softmax(noisy, dim=-1).mean(dim=2).numpy()  # (S, N, K)
+
+    def save(self, directory: Path) -> None:
+        from alkit.posterior.io import save_posterior
+
+        save_posterior(self, directory)
+
+    ARRAYS = (
+        "input_weights", "input_bias", "residual_weights", "residual_bias", "frequencies", "phases", "output_weights",
+        "prior_weights", "noise_weights", "noise_bias", "precision_cholesky",
+    )
+
+    def to_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        arrays, header = standardisation_state(self.input_mean, self.input_scale)
+        arrays.update({name: getattr(self, name) for name in self.ARRAYS})
+        header["noise_draws"] = int(self.noise_draws)
+        return arrays, header
+
+    @classmethod
+    def from_state(cls, arrays, header, provenance, classes, embedding_spec_key) -> "HetSNGPPosterior":
+        return cls(
+            *(arrays[name] for name in cls.ARRAYS), provenance, tuple(classes), embedding_spec_key,
+            arrays.get("input_mean"), float(header.get("input_scale", 1.0)), int(header.get("noise_draws", 16)),
+        )
+
+
+def _trunk_numpy(posterior: HetSNGPPosterior, x: np.ndarray) -> np.ndarray:
+    h0 = x @ posterior.input_weights.T + posterior.input_bias
+    return h0 + np.maximum(h0 @ posterior.residual_weights.T + posterior.residual_bias, 0.0)
+
+
+def _trunk(params: dict, x):
+    import torch
+
+    h0 = x @ params["W_in"].T + params["b_in"]
+    return h0 + torch.relu(h0 @ params["W_1"].T + params["b_1"])
+
+
+def _project_spectral(matrix, bound: float, left=None) -> None:
+    """In place: matrix *= min(1, bound / ||matrix||_2). With `left` (a persistent unit vector
+    `(rows,)`, updated in place) ||matrix||_2 is estimated by one power iteration, as in
+    spectral normalisation (Miyato et al. 2018); that underestimates the norm, so training ends
+    with exact projections (`left=None`: the 2-norm from the SVD)."""
+    import torch
+
+    with torch.no_grad():
+        if left is None:
+            norm = torch.linalg.matrix_norm(matrix, ord=2)
+        else:
+            right = torch.nn.functional.normalize(matrix.T @ left, dim=0)
+            left.copy_(torch.nn.functional.normalize(matrix @ right, dim=0))
+            norm = left @ matrix @ right
+        if norm > bound:
+            matrix.mul_(bound / norm)
+
+
+def fit_hetsngp(
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    class_text: np.ndarray | None = None,
+    logit_scale: float = 1.0,
+    settings: HetSNGPSettings = HetSNGPSettings(),
+    seed: int = 0,
+    classes=None,
+    embedding_spec_key: str = "unspecified",
+    parent_version: int | None = None,
+    unlabelled: np.ndarray | None = None,
+) -> HetSNGPPosterior:
+    """Train the trunk, noise and GP output layer (MAP), then the Laplace precision over B."""
+    import torch
+
+    if min(settings.hidden, settings.features, settings.steps, settings.batch_size, settings.train_noise_draws,
+           settings.noise_draws) < 1 or settings.learning_rate <= 0 or settings.spectral_bound <= 0:
+        raise InputError(f"HetSNGP settings must be positive; got {settings.as_dict()}")
+    inputs = prepare_head_inputs(embeddings, labels, num_classes, class_text, logit_scale, classes, unlabelled, min_labels=2)
+    count, dim, hidden, width = inputs.labels.size, inputs.dim, settings.hidden, settings.features
+    generator = torch.Generator().manual_seed(int(seed))
+    x = torch.from_numpy(inputs.xa[:, :-1].astype(np.float32))
+    prior_logits = torch.from_numpy((inputs.xa @ inputs.prior.T).astype(np.float32))
+    y = torch.from_numpy(inputs.labels)
+    params = {
+        "W_in": torch.randn(hidden, dim, generator=generator) / np.sqrt(dim),
+        "b_in": torch.zeros(hidden),
+        "W_1": torch.randn(hidden, hidden, generator=generator) / np.sqrt(hidden),
+        "b_1": torch.zeros(hidden),
+        "B": torch.zeros(num_classes, width),
+        "G": torch.zeros(num_classes, hidden),
+        "g": torch.full((num_classes,), -2.0),  # softplus(-2) ~ 0.13: start with little label noise
+    }
+    for name in ("W_in", "W_1"):
+        _project_spectral(params[name], settings.spectral_bound)
+    with torch.no_grad():
+        start = _trunk(params, x[: min(count, 1000)])
+        distances = torch.cdist(start, start)
+        lengthscale = float(distances[distances > 0].median()) if count > 1 else 1.0
+    lengthscale = max(lengthscale, 1e-3)
+    frequencies = torch.randn(width, hidden, generator=generator) / lengthscale
+    phases = torch.rand(width, generator=generator) * 2 * np.pi
+    for value in params.values():
+        value.requires_grad_(True)
+    optimiser = torch.optim.Adam(params.values(), lr=settings.learning_rate)
+    power_vectors = {name: torch.nn.functional.normalize(torch.randn(hidden, generator=generator), dim=0) for name in ("W_in", "W_1")}
+    batch = min(settings.batch_size, count)
+    decay = settings.prior_precision / count
+    order, cursor = torch.randperm(count, generator=generator), 0
+    draws = settings.train_noise_draws
+    for _ in range(settings.steps):
+        if cursor + batch > count:
+            order, cursor = torch.randperm(count, generator=generator), 0
+        pick = order[cursor : cursor + batch]
+        cursor += batch
+        hidden_rows = _trunk(params, x[pick])
+        phi = np.sqrt(2.0 / width) * torch.cos(hidden_rows @ frequencies.T + phases)
+        logits = prior_logits[pick] + phi @ params["B"].T  # (b, K)
+        sigma = torch.nn.functional.softplus(hidden_rows @ params["G"].T + params["g"])
+        eps = torch.randn(draws, *logits.shape, generator=generator)
+        log_probs = torch.log_softmax(logits[None] + sigma[None] * eps, dim=-1)  # (T, b, K)
+        picked = log_probs.gather(2, y[pick][None, :, None].expand(draws, -1, 1))[..., 0]  # (T, b)
+        nll = -(torch.logsumexp(picked, dim=0) - np.log(draws)).mean()
+        penalty = sum((params[k] ** 2).sum() for k in ("B", "W_in", "W_1", "G"))
+        loss = nll + 0.5 * decay * penalty
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        for name in ("W_in", "W_1"):
+            _project_spectral(params[name], settings.spectral_bound, power_vectors[name])
+    for name in ("W_in", "W_1"):
+        _project_spectral(params[name], settings.spectral_bound)
+    arrays = {k: v.detach().numpy().astype(np.float64) for k, v in params.items()}
+    with torch.no_grad():
+        phi_all = (np.sqrt(2.0 / width) * torch.cos(_trunk(params, x) @ frequencies.T + phases)).double().numpy()
+    precision = settings.prior_precision * np.eye(width) + phi_all.T @ phi_all
+    cholesky = np.linalg.cholesky(0.5 * (precision + precision.T))
+    provenance = PosteriorProvenance(KIND, "", int(count), parent_version, {})
+    posterior = HetSNGPPosterior(
+        arrays["W_in"], arrays["b_in"], arrays["W_1"], arrays["b_1"], frequencies.double().numpy(),
+        phases.double().numpy(), arrays["B"], inputs.prior, arrays["G"], arrays["g"], cholesky, provenance,
+        inputs.classes, embedding_spec_key, inputs.input_mean, inputs.input_scale, settings.noise_draws,
+    )
+    prior_rows, phi_rows, sigma_rows = posterior.features(np.asarray(embeddings, dtype=np.float64))
+    report = {
+        "seed": int(seed), "logit_scale": float(logit_scale), "lengthscale": lengthscale,
+        "train_accuracy": float(((prior_rows + phi_rows @ arrays["B"].T).argmax(axis=1) == inputs.labels).mean()),
+        "train_mean_noise_scale": float(sigma_rows.mean()),
+        "train_mean_gp_variance": float(posterior.gp_variance(phi_rows).mean()),
+    }
+    source = f"{count} labelled embeddings, SN trunk + {width} random-feature GP (Laplace) + heteroscedastic noise" + (
+        " + class-prompt prior mean" if class_text is not None else ""
+    )
+    from dataclasses import replace
+
+    return replace(posterior, provenance=PosteriorProvenance(KIND, source, int(count), parent_version, {**settings.as_dict(), **report}))
