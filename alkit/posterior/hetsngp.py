@@ -39,7 +39,7 @@ import numpy as np
 from alkit.errors import InputError
 from alkit.posterior.base import PosteriorProvenance
 from alkit.posterior.probcosine import probit_softmax
-from alkit.posterior.trained_heads import head_inputs, prepare_head_inputs, softmax, standardisation_state
+from alkit.posterior.trained_heads import head_inputs, one_thread, prepare_head_inputs, softmax, standardisation_state
 
 KIND = "hetsngp"
 
@@ -206,7 +206,7 @@ def _project_spectral(matrix, bound: float, left=None) -> None:
             matrix.mul_(bound / norm)
 
 
-def fit_hetsngp(
+def _fit_hetsngp(
     embeddings: np.ndarray,
     labels: np.ndarray,
     num_classes: int,
@@ -303,3 +303,10 @@ def fit_hetsngp(
     from dataclasses import replace
 
     return replace(posterior, provenance=PosteriorProvenance(KIND, source, int(count), parent_version, {**settings.as_dict(), **report}))
+
+
+def fit_hetsngp(*args, **kwargs):
+    """Train the trunk, noise and GP output layer (MAP), then the Laplace precision over B.
+    Arguments as `_fit_hetsngp`; runs with one BLAS / torch thread (`trained_heads.one_thread`)."""
+    with one_thread():
+        return _fit_hetsngp(*args, **kwargs)

@@ -38,6 +38,7 @@ from alkit.posterior.trained_heads import (
     member_moments,
     prepare_head_inputs,
     softmax,
+    one_thread,
     standardisation_state,
 )
 
@@ -196,7 +197,7 @@ def diversity(member_logits: np.ndarray) -> dict[str, float]:
     return {"disagreement": disagreement / pairs, "symmetric_kl": divergence / pairs}
 
 
-def fit_mimo(
+def _fit_mimo(
     embeddings: np.ndarray,
     labels: np.ndarray,
     num_classes: int,
@@ -275,3 +276,10 @@ def fit_mimo(
     from dataclasses import replace
 
     return replace(posterior, provenance=provenance)
+
+
+def fit_mimo(*args, **kwargs):
+    """Train the M subnetworks (see the module docstring). Needs at least 2 labels.
+    Arguments as `_fit_mimo`; runs with one BLAS / torch thread (`trained_heads.one_thread`)."""
+    with one_thread():
+        return _fit_mimo(*args, **kwargs)

@@ -9,6 +9,7 @@ members, MIMO subnetworks, GP posterior draws.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,3 +100,19 @@ def standardisation_state(input_mean: np.ndarray | None, input_scale: float) -> 
     arrays = {} if input_mean is None else {"input_mean": input_mean}
     return arrays, {"input_scale": float(input_scale)}
 
+
+
+@contextmanager
+def one_thread():
+    """Run small training loops with one BLAS / torch thread: hundreds of small matmuls, where
+    multi-threaded BLAS on a loaded 2-core machine spins far slower (as in the Laplace head)."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield
+    finally:
+        torch.set_num_threads(previous)
