@@ -116,8 +116,10 @@ def test_anchored_members_are_each_the_minimiser_of_their_own_objective(toy):
     settings = EnsembleSettings(members=3, hyper=True, gradient_tolerance=1e-8)
     posterior = fit_ensemble(x[:80], y[:80], 3, settings=settings, seed=7)
     inputs = prepare_head_inputs(x[:80], y[:80], 3, None, 1.0)
-    lams = member_precisions(settings, 7)
+    lam = posterior.provenance.settings["evidence_prior_precision"]  # chosen by the Laplace evidence
+    lams = member_precisions(settings, 7, lam)
     np.testing.assert_allclose(posterior.member_precisions, lams)
+    assert len(set(lams.tolist())) == 3
     anchors = inputs.prior[None] + np.random.default_rng([7, 0]).standard_normal((3,) + inputs.prior.shape) / np.sqrt(lams)[:, None, None]
     for m in range(3):
 

@@ -7,6 +7,9 @@ head (`trained_heads.prepare_head_inputs`). Each member is *anchored* (Pearce et
   sum_i w_mi CE(W_m x_i, y_i) + lam_m / 2 |W_m - A_m|^2,   A_m ~ N(W_0, lam_m^-1 I)
 
 with W_0 the class-prompt zero-shot classifier (or zero) and L-BFGS started at its own anchor.
+lam is, by default, the one the Laplace head's evidence search picks for a single MAP head on
+the same inputs (measured on mnist_lt with 200 labels: lam = 1 fixed gave accuracy 0.63 and
+ECE 0.23, against 0.74 and 0.04 for the Laplace head, because anchors that loose overfit).
 Why anchors: the loss of a linear head is convex, so independently initialised members solved
 to tolerance would all coincide; a random anchor per member is what makes a linear deep ensemble
 diverse, and for a Gaussian likelihood anchored members are exact posterior samples. With no
@@ -50,7 +53,7 @@ KIND = "ensemble"
 @dataclass(frozen=True)
 class EnsembleSettings:
     members: int = 8  # M
-    prior_precision: float = 1.0  # lam (the centre of the range with hyper=True)
+    prior_precision: float | None = None  # lam (centre of the range with hyper); None: the Laplace evidence chooses it
     hyper: bool = False  # members differ in lam too (hyperparameter ensemble)
     hyper_range: float = 10.0  # r: lam_m in [lam / r, lam * r]
     bootstrap: bool = False  # Bayesian-bootstrap weights per member
@@ -148,15 +151,34 @@ class EnsemblePosterior:
         )
 
 
-def member_precisions(settings: EnsembleSettings, seed: int) -> np.ndarray:
-    """lam_m `(M,)`: all lam, or (hyper) one log-uniform draw per stratum of [lam/r, lam*r], seeded order."""
+def member_precisions(settings: EnsembleSettings, seed: int, prior_precision: float | None = None) -> np.ndarray:
+    """lam_m `(M,)`: all lam, or (hyper) one log-uniform draw per stratum of [lam/r, lam*r], seeded order.
+    lam is `prior_precision` when given, else `settings.prior_precision` (1 when that is None)."""
     count = settings.members
+    lam = prior_precision if prior_precision is not None else settings.prior_precision or 1.0
     if not settings.hyper:
-        return np.full(count, float(settings.prior_precision))
+        return np.full(count, float(lam))
     rng = np.random.default_rng([seed, 1])
     positions = (rng.permutation(count) + rng.uniform(size=count)) / count  # one per stratum of [0, 1)
     span = np.log(settings.hyper_range)
-    return float(settings.prior_precision) * np.exp(span * (2.0 * positions - 1.0))
+    return float(lam) * np.exp(span * (2.0 * positions - 1.0))
+
+
+def evidence_precision(inputs) -> tuple[float, dict[str, Any]]:
+    """lam of the Laplace head's evidence search (one MAP head, `laplace_head.optimise_head_evidence`),
+    so the members' prior is the one the labels support; 1 (the head's start) with no labels."""
+    from threadpoolctl import threadpool_limits
+
+    from alkit.posterior.laplace_head import LaplaceHeadSettings, optimise_head_evidence
+
+    if inputs.labels.size == 0:
+        return 1.0, {"prior_precision_from": "default (no labels)"}
+    with threadpool_limits(limits=1, user_api="blas"):
+        found = optimise_head_evidence(inputs.xa, inputs.labels, inputs.prior, LaplaceHeadSettings())
+    return float(found.prior_precision), {
+        "prior_precision_from": "Laplace evidence of one MAP head", "evidence_prior_precision": float(found.prior_precision),
+        "prior_precision_on_bound": bool(found.on_bound),
+    }
 
 
 def fit_members(
@@ -236,21 +258,25 @@ def fit_ensemble(
     """Fit M anchored members (see the module docstring); zero labels need class prompts."""
     if settings.members < 2:
         raise InputError(f"an ensemble needs at least 2 members, got {settings.members}")
-    if settings.prior_precision <= 0 or settings.hyper_range < 1:
+    if (settings.prior_precision is not None and settings.prior_precision <= 0) or settings.hyper_range < 1:
         raise InputError(
             f"prior precision {settings.prior_precision} must be > 0 and hyper range {settings.hyper_range} >= 1"
         )
     inputs = prepare_head_inputs(embeddings, labels, num_classes, class_text, logit_scale, classes, unlabelled)
-    precisions = member_precisions(settings, seed)
+    count = inputs.labels.size
+    report: dict[str, Any] = {}
+    lam = settings.prior_precision
+    if lam is None:
+        lam, report = evidence_precision(inputs)
+    precisions = member_precisions(settings, seed, lam)
     rng = np.random.default_rng([seed, 0])
     noise = rng.standard_normal((settings.members,) + inputs.prior.shape)
     anchors = inputs.prior[None] + noise / np.sqrt(precisions)[:, None, None]
-    count = inputs.labels.size
     if settings.bootstrap and count:
         sample_weights = rng.dirichlet(np.ones(count), size=settings.members) * count
     else:
         sample_weights = np.ones((settings.members, count))
-    report: dict[str, Any] = {"member_precisions": precisions.tolist()}
+    report["member_precisions"] = precisions.tolist()
     if count:
         weights, iterations, converged = fit_members(
             inputs.xa, inputs.labels, anchors, precisions, sample_weights, settings.gradient_tolerance,

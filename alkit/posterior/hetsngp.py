@@ -21,9 +21,11 @@ P = lam I + sum_i phi_i phi_i^T `(R, R)`, shared by the K classes (edward2's def
 logit variance phi(x)^T P^-1 phi(x) is small near the labels and rises to ~1/lam far away.
 
 Shared samples: B_s = B_MAP + Z_s L^-T with P = L L^T, Z_s `(K, R)` standard normal, drawn
-once. Each sample's probabilities marginalise the label noise with `noise_draws` fixed draws
-eps_t (seeded, the same for every input): the noise is aleatoric, so it belongs inside each
-sample's likelihood (BALD's expected entropy), not between samples.
+once. Each sample's probabilities marginalise the label noise inside the sample, by the
+mean-field softmax-Gaussian approximation SNGP uses (Lu et al. 2020):
+p_s = softmax(f_s / sqrt(1 + pi/8 sigma(x)^2)). The noise is aleatoric, so it belongs inside
+each sample's likelihood (BALD's expected entropy), not between samples; marginalising it by
+Monte Carlo instead (16 draws per sample) made BALD over 20,000 x 64 samples take 15 s.
 `logit_moments`: mean f_MAP, variance phi^T P^-1 phi + sigma(x)^2; `predict` is the probit
 predictive of those moments.
 """
@@ -54,7 +56,6 @@ class HetSNGPSettings:
     learning_rate: float = 3e-3
     prior_precision: float = 1.0  # lam: prior N(0, 1/lam) on B (and weight decay of the trunk)
     train_noise_draws: int = 8  # T Monte Carlo draws of eps per training step
-    noise_draws: int = 16  # fixed eps draws per shared sample at scoring time
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -62,10 +63,9 @@ class HetSNGPSettings:
 
 @dataclass(frozen=True)
 class GPSamples:
-    """S shared output-layer draws `(S, K, R)` and the fixed noise draws `(T, K)`."""
+    """S shared output-layer draws `(S, K, R)`."""
 
     output_weights: np.ndarray
-    noise: np.ndarray
     seed: int
 
 
@@ -89,7 +89,6 @@ class HetSNGPPosterior:
     embedding_spec_key: str = "unspecified"
     input_mean: np.ndarray | None = None
     input_scale: float = 1.0
-    noise_draws: int = 16
     kind: str = field(default=KIND, init=False)
 
     prior_precision = None
@@ -130,7 +129,7 @@ class HetSNGPPosterior:
         return softmax(prior + phi @ self.output_weights.T)
 
     def sample_weights(self, num_samples: int, seed: int) -> GPSamples:
-        """S draws of B from N(B_MAP, P^-1) (rows independent, shared covariance), plus T noise draws."""
+        """S draws of B from N(B_MAP, P^-1) (rows independent, shared covariance)."""
         from scipy.linalg import solve_triangular
 
         if num_samples < 1:
@@ -140,17 +139,25 @@ class HetSNGPPosterior:
         z = rng.standard_normal((width, num_samples * num_classes))
         offsets = solve_triangular(self.precision_cholesky, z, lower=True, trans="T")  # L^-T z ~ N(0, P^-1)
         draws = self.output_weights[None] + offsets.T.reshape(num_samples, num_classes, width)
-        noise = rng.standard_normal((self.noise_draws, num_classes))
-        return GPSamples(draws.astype(np.float32), noise.astype(np.float32), seed)
+        return GPSamples(draws.astype(np.float32), seed)
 
-    def sample_probs(self, weights: GPSamples, x) -> np.ndarray:
-        """E_eps softmax(W_0 x + B_s phi + sigma eps) per shared draw `(S, N, K)`."""
+    def _sample_logits_tensor(self, weights: GPSamples, x):
+        """(W_0 x + B_s phi) / sqrt(1 + pi/8 sigma^2) as a torch `(S, N, K)` tensor."""
         import torch
 
         prior, phi, sigma = (torch.from_numpy(a.astype(np.float32)) for a in self.features(x))
-        logits = torch.einsum("nr,skr->snk", phi, torch.from_numpy(weights.output_weights)) + prior  # (S, N, K)
-        noisy = logits[:, :, None, :] + sigma[None, :, None, :] * torch.from_numpy(weights.noise)[None, None]
-        return torch.softmax(noisy, dim=-1).mean(dim=2).numpy()  # (S, N, K)
+        logits = torch.einsum("nr,skr->snk", phi, torch.from_numpy(weights.output_weights)) + prior
+        return logits / torch.sqrt(1.0 + (np.pi / 8.0) * sigma**2)
+
+    def sample_logits(self, weights: GPSamples, x) -> np.ndarray:
+        """Noise-marginalised logits of each shared draw `(S, N, K)` (softmax gives `sample_probs`)."""
+        return self._sample_logits_tensor(weights, x).numpy()
+
+    def sample_probs(self, weights: GPSamples, x) -> np.ndarray:
+        """E_eps softmax(W_0 x + B_s phi + sigma eps) per shared draw `(S, N, K)`, mean-field approximation."""
+        import torch
+
+        return torch.softmax(self._sample_logits_tensor(weights, x), dim=-1).numpy()
 
     def save(self, directory: Path) -> None:
         from alkit.posterior.io import save_posterior
@@ -165,14 +172,13 @@ class HetSNGPPosterior:
     def to_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         arrays, header = standardisation_state(self.input_mean, self.input_scale)
         arrays.update({name: getattr(self, name) for name in self.ARRAYS})
-        header["noise_draws"] = int(self.noise_draws)
         return arrays, header
 
     @classmethod
     def from_state(cls, arrays, header, provenance, classes, embedding_spec_key) -> "HetSNGPPosterior":
         return cls(
             *(arrays[name] for name in cls.ARRAYS), provenance, tuple(classes), embedding_spec_key,
-            arrays.get("input_mean"), float(header.get("input_scale", 1.0)), int(header.get("noise_draws", 16)),
+            arrays.get("input_mean"), float(header.get("input_scale", 1.0)),
         )
 
 
@@ -222,8 +228,8 @@ def _fit_hetsngp(
     """Train the trunk, noise and GP output layer (MAP), then the Laplace precision over B."""
     import torch
 
-    if min(settings.hidden, settings.features, settings.steps, settings.batch_size, settings.train_noise_draws,
-           settings.noise_draws) < 1 or settings.learning_rate <= 0 or settings.spectral_bound <= 0:
+    sizes = (settings.hidden, settings.features, settings.steps, settings.batch_size, settings.train_noise_draws)
+    if min(sizes) < 1 or settings.learning_rate <= 0 or settings.spectral_bound <= 0:
         raise InputError(f"HetSNGP settings must be positive; got {settings.as_dict()}")
     inputs = prepare_head_inputs(embeddings, labels, num_classes, class_text, logit_scale, classes, unlabelled, min_labels=2)
     count, dim, hidden, width = inputs.labels.size, inputs.dim, settings.hidden, settings.features
@@ -288,7 +294,7 @@ def _fit_hetsngp(
     posterior = HetSNGPPosterior(
         arrays["W_in"], arrays["b_in"], arrays["W_1"], arrays["b_1"], frequencies.double().numpy(),
         phases.double().numpy(), arrays["B"], inputs.prior, arrays["G"], arrays["g"], cholesky, provenance,
-        inputs.classes, embedding_spec_key, inputs.input_mean, inputs.input_scale, settings.noise_draws,
+        inputs.classes, embedding_spec_key, inputs.input_mean, inputs.input_scale,
     )
     prior_rows, phi_rows, sigma_rows = posterior.features(np.asarray(embeddings, dtype=np.float64))
     report = {
