@@ -230,11 +230,11 @@ def test_epig_rejects_targets_from_other_samples():
 
 def test_registry_names_and_flags():
     assert scores.SCORERS.names() == sorted(
-        ["entropy", "least_confidence", "margin", "bald", "epig", "logit_variance", "random"]
+        ["entropy", "least_confidence", "margin", "bald", "bald_analytic", "epig", "logit_variance", "random"]
     )
     assert scores.get_scorer("epig").needs_targets and scores.get_scorer("bald").needs_samples
     assert not scores.get_scorer("entropy").needs_samples
-    with pytest.raises(UnknownNameError, match="bald, entropy"):
+    with pytest.raises(UnknownNameError, match="bald, bald_analytic, entropy"):
         scores.get_scorer("badl")
 
 

@@ -41,7 +41,7 @@ def round_rows(project_dir):
     return rounds, items, labelled
 
 
-@pytest.mark.parametrize("strategy", ["bald", "entropy", "epig", "margin", "random"])
+@pytest.mark.parametrize("strategy", ["bald", "bald_analytic", "entropy", "epig", "margin", "random"])
 def test_fit_then_select_records_round_and_skips_labelled(cli, imported_pool, strategy):
     fit = cli("fit", "--json")
     assert fit.exit_code == 0, fit.output
@@ -80,7 +80,7 @@ def test_budget_larger_than_pool_is_a_clear_error(cli, imported_pool):
 
 def test_unknown_strategy_lists_valid_ones(cli, imported_pool):
     result = cli("select", "--budget", "2", "--strategy", "nope")
-    assert result.exit_code == 4 and "valid: bald, entropy, epig" in result.stderr
+    assert result.exit_code == 4 and "valid: bald, bald_analytic, entropy, epig" in result.stderr
 
 
 def test_select_without_posterior_fits_zero_shot_from_text_embeddings(cli, imported_pool):

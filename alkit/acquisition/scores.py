@@ -341,6 +341,7 @@ class ScorerSpec:
     needs_samples: bool  # True: needs S > 1 shared posterior samples to be meaningful
     needs_targets: bool  # True: needs target probs (S, M, K) from the same samples
     logits_function: Callable[..., np.ndarray] | None = None  # same score from sampled logits (S, N, K)
+    moments_function: Callable[..., np.ndarray] | None = None  # score from logit (mean, variance) (N, K) each
 
     def score(self, probs, *, probs_target=None, seed: int = 0) -> np.ndarray:
         """Uniform call: `probs (S, N, K)` (+ `probs_target (S, M, K)` for EPIG) -> `(N,)`.
@@ -377,6 +378,19 @@ for _name, _spec in {
     "random": ScorerSpec(random_scores, "uniform random scores (baseline)", False, False),
 }.items():
     SCORERS.register(_name, _spec, _spec.description)
+
+
+def _register_analytic_bald() -> None:
+    from alkit.acquisition.analytic_bald import analytic_bald, analytic_bald_from_probs
+
+    spec = ScorerSpec(
+        analytic_bald_from_probs, "BALD without sampling, from logit means and variances (see analytic_bald.py)",
+        False, False, moments_function=analytic_bald,
+    )
+    SCORERS.register("bald_analytic", spec, spec.description)
+
+
+_register_analytic_bald()
 
 
 def get_scorer(name: str) -> ScorerSpec:

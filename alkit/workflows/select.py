@@ -222,7 +222,9 @@ def _score(project, context, posterior, candidate_ids: np.ndarray, settings: Sel
     for start in range(0, len(candidate_ids), settings.chunk_size):
         chunk = candidate_ids[start : start + settings.chunk_size]
         ids, x = load_vectors(project, context.spec.id, chunk, kind=kind)
-        if fast:
+        if scorer.moments_function is not None:  # analytic: no samples, no probabilities
+            values = scorer.moments_function(*posterior.logit_moments(x))
+        elif fast:
             from alkit.acquisition.pipeline import score_logits_in_chunks
 
             values = score_logits_in_chunks(
