@@ -49,6 +49,10 @@ ALKIT_METHODS: dict[str, dict] = {
     # other posterior kinds (on data sets with class prompts: the Laplace head can use them as its prior mean)
     "bald-power/laplace_head": dict(strategy="bald", batch_mode="power", posterior="laplace_head", zero_shot_only=True),
     "entropy-top/probvlm": dict(strategy="entropy", batch_mode="top", posterior="probvlm", zero_shot_only=True),
+    # trained-head posteriors (issue 20); not in a default tier: pass them with --methods / --extra-methods
+    **{f"{acq}/{kind}": dict(strategy=acq.split("-")[0], batch_mode=acq.split("-")[1], posterior=kind.split("-")[0],
+                             hyper=kind.endswith("-hyper"))
+       for acq in ("bald-power", "entropy-top") for kind in ("ensemble", "ensemble-hyper", "mimo", "hetsngp")},
 }
 # First tier: run for every seed before the second tier starts (a time limit cuts the second tier first).
 DEFAULT_METHODS = ("random", "bald-power", "margin-top", "epig-power", "entropy-top", "bald-power/laplace_head")
@@ -139,7 +143,7 @@ def run_alkit(data, method: str, seed: int, rounds: int, budget: int, workdir: P
     shutil.rmtree(directory, ignore_errors=True)
     shutil.copytree(data.template, directory)
     project = open_project(directory)
-    fit = FitSettings(posterior=spec.get("posterior"), seed=seed)
+    fit = FitSettings(posterior=spec.get("posterior"), seed=seed, hyper=spec.get("hyper", False))
     points = []
     try:
         if data.zero_shot:
