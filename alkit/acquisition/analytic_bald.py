@@ -40,11 +40,12 @@ import math
 
 import numpy as np
 
+from alkit.acquisition.scores import parallel_for
 from alkit.errors import InputError
 
 KAPPA = math.pi / 8.0  # logistic(z) ~ Phi(sqrt(kappa) z)
 C_SQUARED = math.pi * math.log(2.0) / 2.0  # h(Phi(x)) ~ ln 2 exp(-x^2 / (2 C^2))
-BLOCK_ELEMENTS = 1 << 18  # N * K elements per block: ~1 MB per float32 temporary, cache sized
+BLOCK_ELEMENTS = 1 << 16  # N * K elements per block: 256 KB per float32 temporary, cache sized
 
 
 def _bald_block(mean, variance):
@@ -105,9 +106,12 @@ def analytic_bald(mean, variance) -> np.ndarray:
     num_items, num_classes = mean_t.shape
     out = torch.empty(num_items, dtype=dtype)
     block = max(1, BLOCK_ELEMENTS // max(num_classes, 1))
-    for start in range(0, num_items, block):
+
+    def score_block(start: int) -> None:
         stop = min(start + block, num_items)
         out[start:stop] = _bald_block(mean_t[start:stop], variance_t[start:stop])
+
+    parallel_for(score_block, range(0, num_items, block))  # blocks on threads, one core each
     return out.to(torch.float64).numpy()
 
 
