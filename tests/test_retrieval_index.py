@@ -378,3 +378,51 @@ def test_ensure_rebuilds_a_corrupted_index(tmp_path, pool):
     repaired = ensure_index(tmp_path, "s", ids, load, IndexSettings(kind="flat"))
     assert repaired.action == "rebuilt" and "checksum" in repaired.reason
     assert load_index(tmp_path, "s", ids).ntotal == 300
+
+
+# ---------------------------------------------------------------- IVF-PQ with exact re-ranking
+
+
+def _clustered(num_items: int, dim: int, clusters: int, seed: int) -> np.ndarray:
+    """Unit vectors around `clusters` centres sharing one common direction (CLIP-like)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, dim)) + 2.0 * rng.normal(size=dim)
+    return unit_rows(centres[rng.integers(0, clusters, num_items)] + 0.35 * rng.normal(size=(num_items, dim)))
+
+
+def test_pq_with_exact_reranking_reaches_brute_force_recall():
+    from alkit.retrieval.index import build_index, rerank_exactly, search
+
+    vectors = _clustered(6000, 64, 40, seed=11).astype(np.float32)
+    ids = np.arange(6000, dtype=np.int64) * 3 + 7  # global ids, not positions
+    queries = _clustered(100, 64, 40, seed=12).astype(np.float32)
+    k = 20
+    truth = ids[np.argsort(-(queries @ vectors.T), axis=1)[:, :k]]
+    index = build_index(ids, vectors, IndexSettings(kind="ivf", pq_m=16, nlist=32, nprobe=16))  # 1 byte per 4 dims
+
+    def recall(found):
+        return np.mean([len(np.intersect1d(f, t)) / k for f, t in zip(found, truth)])
+
+    _, plain = search(index, queries, k)
+    stored = vectors.astype(np.float16).astype(np.float32)  # what the shards on disk give back
+    index.reranker = lambda wanted: stored[(wanted - 7) // 3]
+    scores, reranked = search(index, queries, k)
+    assert recall(reranked) >= 0.95 and recall(reranked) > recall(plain) + 0.3  # PQ distances alone miss many
+    position = (reranked - 7) // 3
+    np.testing.assert_allclose(scores, np.einsum("qd,qkd->qk", queries, stored[position]), rtol=1e-5, atol=1e-6)
+    assert (np.diff(scores, axis=1) <= 0).all()
+    # fewer candidates than k: the missing slots are -1 / -inf
+    s, f = rerank_exactly(queries[:2], np.array([[ids[0], -1, ids[1]], [-1, -1, -1]]), index.reranker, 2)
+    assert f[0].tolist() in ([ids[0], ids[1]], [ids[1], ids[0]]) and f[1].tolist() == [-1, -1]
+    assert np.isinf(s[1]).all()
+
+
+def test_auto_compresses_past_the_threshold_and_hnsw_stays_explicit():
+    from alkit.retrieval.index import AUTO_PQ_THRESHOLD, AUTO_IVF_THRESHOLD, default_pq_m, resolve_settings
+
+    assert default_pq_m(512) == 128 and 96 % default_pq_m(96) == 0
+    assert resolve_settings(AUTO_PQ_THRESHOLD, 512, IndexSettings()).pq_m == 128
+    assert resolve_settings(AUTO_PQ_THRESHOLD - 1, 512, IndexSettings()).pq_m is None
+    assert resolve_settings(AUTO_IVF_THRESHOLD, 512, IndexSettings()).kind.value == "ivf"
+    assert resolve_settings(AUTO_PQ_THRESHOLD, 512, IndexSettings(kind="hnsw")).kind.value == "hnsw"
+    assert resolve_settings(AUTO_PQ_THRESHOLD, 512, IndexSettings(kind="ivf")).pq_m is None  # explicit IVF-flat

@@ -13,7 +13,13 @@ search never returns positions. Kinds:
           cells (9x slower queries at 100k, lower recall: benchmarks/results_index.md).
 - `hnsw`  graph search; no training, more memory, CPU only.
 - `auto`  flat below `AUTO_IVF_THRESHOLD` items, IVF above (measured in
-          benchmarks/results_index.md).
+          benchmarks/results_index.md), IVF-PQ with `default_pq_m(D)` bytes per vector from
+          `AUTO_PQ_THRESHOLD` items on.
+
+Re-ranking: PQ distances are approximate, so a PQ index searched with a `reranker` (a function
+ids -> float32 vectors, e.g. the float16 shards on disk; attached by the caller, never
+persisted) takes the `RERANK_FACTOR * k` best ids by PQ distance and orders them by exact
+inner product. Recall then depends only on whether the true neighbours reach the short list.
 
 faiss is imported inside functions so that `import alkit.retrieval` stays cheap.
 """
@@ -24,7 +30,7 @@ import logging
 import math
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -37,6 +43,13 @@ AUTO_IVF_THRESHOLD = 100_000
 clustered CLIP-like vectors IVF (4 sqrt(N) cells, nprobe 16) keeps recall@50 >= 0.95 and beats
 exact search on build + 10 rounds of 1k queries; below, its recall drops (0.73 at 30k) while
 exact search costs under 0.4 s per 1k queries."""
+
+AUTO_PQ_THRESHOLD = 500_000
+"""`auto` compresses with PQ (and re-ranks) from this many items: an IVF-flat index of 1M x 512
+float32 vectors holds ~2 GB, IVF-PQ with 128-byte codes ~140 MB (codes + ids)."""
+
+RERANK_FACTOR = 8
+"""A re-ranked PQ search takes RERANK_FACTOR * k candidates by PQ distance before exact scoring."""
 
 TRAIN_POINTS_PER_LIST = 40
 """IVF k-means trains on at most this many sampled vectors per list (faiss wants >= 39):
@@ -147,12 +160,22 @@ def resolve_settings(num_items: int, dim: int, settings: IndexSettings) -> Index
     if capped < nlist:
         log.info("nlist %d capped to %d for %d items (>= %d per cell)", nlist, capped, num_items, MIN_POINTS_PER_LIST)
     pq_m = settings.pq_m or None
+    if pq_m is None and IndexKind(settings.kind) is IndexKind.AUTO and num_items >= AUTO_PQ_THRESHOLD:
+        pq_m = default_pq_m(dim)
     if pq_m is not None:
         if dim % pq_m:
             raise InputError(f"--pq {pq_m} must divide the embedding dimension {dim}; try {_divisor_near(dim, pq_m)}")
         if num_items < 256:
             raise InputError(f"IVF-PQ needs >= 256 items to train its codebooks, the pool has {num_items}; use --kind flat")
     return replace(settings, kind=kind, nlist=capped, pq_m=pq_m)
+
+
+def default_pq_m(dim: int) -> int:
+    """PQ bytes per vector for `auto`: one byte per 4 dimensions (128 for 512-d), a divisor of D.
+
+    On a clustered sample (tests/test_retrieval_index.py) one byte per 8 dimensions reached
+    recall@20 0.89 after re-ranking 8k candidates, one per 4 dimensions 0.96."""
+    return _divisor_near(dim, max(1, dim // 4))
 
 
 def _divisor_near(dim: int, wanted: int) -> int:
@@ -172,6 +195,8 @@ class FaissIndex:
     ids: np.ndarray  # int64 (N,), insertion order
     trained_on: int  # N when built (IVF cells were trained for this size)
     offset: np.ndarray | None = None  # (D,) float32 subtracted from stored vectors (IVF), else None
+    reranker: Callable[[np.ndarray], np.ndarray] | None = field(default=None, repr=False, compare=False)
+    """ids (n,) -> exact float32 vectors (n, D); used by `search` on PQ indexes. Not persisted."""
     _gpu_index: Any = field(default=None, repr=False, compare=False)
 
     @property
@@ -318,13 +343,38 @@ def search(index: FaissIndex, queries: np.ndarray, k: int) -> tuple[np.ndarray, 
     k_eff = min(k, index.ntotal)
     if k_eff == 0 or len(queries) == 0:
         return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
-    searcher = _searcher(index, k_eff)
-    scores, found = searcher.search(queries, k_eff)
+    rerank = index.reranker is not None and bool(index.settings.pq_m)
+    depth = min(index.ntotal, RERANK_FACTOR * k_eff) if rerank else k_eff
+    searcher = _searcher(index, depth)
+    scores, found = searcher.search(queries, depth)
     scores = np.asarray(scores, dtype=np.float32)
     found = np.asarray(found, dtype=np.int64)
+    if rerank:
+        return rerank_exactly(queries, found, index.reranker, k_eff)
     if index.offset is not None:
         scores += (queries @ index.offset)[:, None]  # undo the centring: <q, x - o> + <q, o>
     scores[found < 0] = -np.inf
+    return scores, found
+
+
+def rerank_exactly(queries: np.ndarray, candidates: np.ndarray, vectors_of: Callable[[np.ndarray], np.ndarray],
+                   k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best of each query's candidate ids `(Q, c)` (-1 = none) by exact inner product.
+
+    Each distinct candidate's vector is loaded once (`vectors_of(ids)` -> (n, D) float32);
+    returns scores (Q, k) float32 and ids (Q, k) int64 sorted by decreasing score, -inf / -1
+    where a query had fewer than k candidates.
+    """
+    unique = np.unique(candidates[candidates >= 0])
+    vectors = np.asarray(vectors_of(unique), dtype=np.float32)
+    slots = np.searchsorted(unique, np.where(candidates >= 0, candidates, unique[0] if len(unique) else 0))
+    exact = np.full(candidates.shape, -np.inf, dtype=np.float32)
+    for row in range(len(queries)):  # (c, D) x (D,) per query: the candidates differ per query
+        valid = candidates[row] >= 0
+        exact[row, valid] = vectors[slots[row, valid]] @ queries[row]
+    order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
+    scores = np.take_along_axis(exact, order, axis=1)
+    found = np.where(np.isfinite(scores), np.take_along_axis(candidates, order, axis=1), -1)
     return scores, found
 
 

@@ -68,7 +68,9 @@ def ensure_project_index(project: Project, spec=None, settings=None):
     from alkit.progress import stage
 
     with stage(f"index: making the FAISS index cover {len(ids):,} embedded images (loaded, extended or rebuilt)"):
-        return ensure_index(directory, spec.key, ids, load, settings, expected_dim=spec.dim), spec
+        ensured = ensure_index(directory, spec.key, ids, load, settings, expected_dim=spec.dim)
+    ensured.index.reranker = load  # PQ indexes re-rank their short list with the stored float16 vectors
+    return ensured, spec
 
 
 def build_index(project: Project, kind: str = "auto", nlist: int | None = None, pq_m: int | None = None,
