@@ -85,9 +85,11 @@ class Settings:
     fresh: bool = False
     threads: int = 1
     stop_at: float | None = None  # epoch seconds: start no new run after this (results use what finished)
+    code_key: str | None = None  # reuse runs stored under this code fingerprint (default: the current code's)
+    report_only: bool = False
 
     def key(self, dataset: str, budget: int, rounds: int) -> str:
-        return f"{dataset}|B{budget}|R{rounds}|{'smoke' if self.smoke else 'full'}|{code_fingerprint()}"
+        return f"{dataset}|B{budget}|R{rounds}|{'smoke' if self.smoke else 'full'}|{self.code_key or code_fingerprint()}"
 
 
 @functools.lru_cache(maxsize=1)
@@ -348,15 +350,21 @@ def cold_start_table(runs: dict[str, list[float]]) -> str:
 
 
 class RunStore:
-    """Raw results as JSON lines, keyed by (setting, method, seed), so reruns resume."""
+    """Raw results as JSON lines, keyed by (setting, method, seed), so reruns resume.
 
-    def __init__(self, path: Path, fresh: bool):
+    Reads every `<prefix>*.jsonl` in the directory (several processes, e.g. one per data set,
+    each append to their own file) and appends to `path`."""
+
+    def __init__(self, path: Path, fresh: bool, prefix: str = "runs"):
         self.path = path
         self.runs: dict[str, list[dict]] = {}
-        if fresh and path.exists():
-            path.unlink()
-        if path.exists():
-            for line in path.read_text().splitlines():
+        files = sorted(path.parent.glob(f"{prefix}*.jsonl"))
+        if fresh:
+            for file in files:
+                file.unlink()
+            files = []
+        for file in files:
+            for line in file.read_text().splitlines():
                 try:
                     entry = json.loads(line)
                 except json.JSONDecodeError:
@@ -610,6 +618,9 @@ def parse(argv) -> Settings:
     parser.add_argument("--fresh", action="store_true")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--stop-at", default=None, help="HH:MM UTC: start no new run after this; tables use finished seeds")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing; tables from the stored runs (newest cached data sets)")
+    parser.add_argument("--code-key", default=None, help="stored runs' code fingerprint to use (printed at start)")
     args = parser.parse_args(argv)
     from benchmarks.al_suite_peers import PEERS
 
@@ -621,7 +632,8 @@ def parse(argv) -> Settings:
         extra_methods=split(args.extra_methods),
         large_methods=split(args.large_methods), peers=peers, large_peers=tuple(p for p in peers if p != "modal-qbc"),
         cold_start=not args.no_cold_start, out=args.out, cache=args.cache, fresh=args.fresh, threads=args.threads,
-        stop_at=_utc_today_at(args.stop_at) if args.stop_at else None,
+        stop_at=time.time() if args.report_only else _utc_today_at(args.stop_at) if args.stop_at else None,
+        code_key=args.code_key, report_only=args.report_only,
     )
     if args.smoke:
         settings.smoke = True
@@ -663,12 +675,14 @@ def main(argv=None) -> int:
 
     settings = parse(argv)
     log = lambda text: print(text, flush=True)  # noqa: E731
+    log(f"code fingerprint {settings.code_key or code_fingerprint()} (pass --code-key to report these runs later)")
     torch.set_num_threads(settings.threads)
     cache = settings.cache or (Path(tempfile.mkdtemp(prefix="al_suite-")) if settings.smoke else cache_root())
     cache.mkdir(parents=True, exist_ok=True)
     settings.workdir = Path(tempfile.mkdtemp(prefix="al_suite-work-"))
     settings.out.mkdir(parents=True, exist_ok=True)
-    store = RunStore(cache / ("runs-smoke.jsonl" if settings.smoke else "runs.jsonl"), settings.fresh)
+    prefix = "smoke-runs" if settings.smoke else "runs"
+    store = RunStore(cache / f"{prefix}-{'-'.join(settings.datasets)}.jsonl", settings.fresh, prefix)
     missing = [p for p in ("skactiveml-margin", "modal-qbc") if not _peer_available(p)]
     if missing:
         log(f"peers not run (install the bench extra: pip install -e '.[bench]'): {', '.join(missing)}")
@@ -677,7 +691,8 @@ def main(argv=None) -> int:
         datasets, jobs, large_jobs, load = {}, [], [], os.getloadavg()[0]
         started = time.perf_counter()
         for name in settings.datasets:
-            data = datasets[name] = load_dataset(name, root=cache, small=settings.smoke, log=log)
+            data = datasets[name] = load_dataset(name, root=cache, small=settings.smoke, log=log,
+                                                 reuse_latest=settings.report_only)
             log(f"{name}: pool {len(data.pool_y)}, test {len(data.test_y)}, per-class pool counts {data.pool_counts().tolist()}")
             usable = lambda names: [m for m in names if data.zero_shot or not ALKIT_METHODS[m].get("zero_shot_only")]  # noqa: E731
             jobs.append(Job(data, settings.budget, settings.rounds,

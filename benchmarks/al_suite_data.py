@@ -279,10 +279,16 @@ def _fingerprint(name: str, small: bool) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
 
 
-def load_dataset(name: str, root: Path | None = None, small: bool = False, log=print) -> SuiteData:
-    """Build (once per fingerprint) and load a data set; `small` is the smoke-test size."""
+def load_dataset(name: str, root: Path | None = None, small: bool = False, log=print, reuse_latest: bool = False) -> SuiteData:
+    """Build (once per fingerprint) and load a data set; `small` is the smoke-test size.
+    `reuse_latest`: the newest built copy, whatever its fingerprint (for re-reporting stored runs)."""
     root = Path(root) if root is not None else cache_root()
-    directory = root / f"{name}{'-small' if small else ''}-{_fingerprint(name, small)}"
+    prefix = f"{name}{'-small' if small else ''}-"
+    built = sorted((d for d in root.glob(prefix + "*") if (d / "meta.json").is_file() and len(d.name) == len(prefix) + 12),
+                   key=lambda d: (d / "meta.json").stat().st_mtime)
+    if reuse_latest and built:
+        return _read(built[-1])
+    directory = root / f"{prefix}{_fingerprint(name, small)}"
     if not (directory / "meta.json").is_file():
         started = time.perf_counter()
         BUILDERS[name](directory, log=log, small=small)

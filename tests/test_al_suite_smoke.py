@@ -70,7 +70,7 @@ def test_smoke_run_writes_tables_and_paired_curves(tmp_path, capsys):
         assert "Cold start" in text and "| typiclust |" in text
         assert (out / f"al_suite_{name}_B5.png").stat().st_size > 1000
 
-    runs = [json.loads(line) for line in (cache / "runs-smoke.jsonl").read_text().splitlines()]
+    runs = [json.loads(line) for line in (cache / "smoke-runs-digits.jsonl").read_text().splitlines()]
     assert runs
     data = {"digits": load_dataset("digits", root=cache, small=True)}
     for run in runs:
