@@ -19,21 +19,16 @@ EPIG needs probabilities and uses `score_in_chunks`. `--compare-n` items are als
 with the previous probability path (softmax -> `bald`) in the same run, as a same-load
 speed-up check and an agreement check.
 
-    python -m benchmarks.select --n 100000          # development size
-    python -m benchmarks.select                     # full size: N = 1M
-(run as a module: `python benchmarks/select.py` puts this folder first on sys.path, where
-this file shadows the stdlib `select`.)
+    python -m benchmarks.select_kernels --n 100000          # development size
+    python -m benchmarks.select_kernels                     # full size: N = 1M
+The end-to-end command benchmark is `benchmarks/select_bench.py`. Prints the load average
+before and after and refuses to run above `--max-load` unless `--force`.
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-
-# This file is named select.py: drop its folder from sys.path so that `import select`
-# (used by subprocess, which torch imports) finds the standard library module.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
 import argparse  # noqa: E402
 import os  # noqa: E402
@@ -133,7 +128,13 @@ def main() -> None:
     parser.add_argument("--compare-n", type=int, default=20_000, help="items also scored with the old probability path")
     parser.add_argument("--noise-rank", type=int, default=32, help="rank of the weight noise; 0 = full rank")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-load", type=float, default=1.0, help="refuse to run above this 1-min load average")
+    parser.add_argument("--force", action="store_true", help="run even above --max-load")
     args = parser.parse_args()
+    load = os.getloadavg()
+    print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    if load[0] > args.max_load and not args.force:
+        raise SystemExit(f"load {load[0]:.2f} > --max-load {args.max_load}; rerun on an idle machine or pass --force")
 
     embeddings = unit_embeddings(args.n, args.d, args.seed)
     sampler = LinearHeadSampler(args.d, args.k, args.samples, args.noise_rank, args.seed)
@@ -221,6 +222,8 @@ def main() -> None:
     print(f"  MAP-entropy rank of the full-pool BALD top-{args.budget}: median {int(np.median(rank[full_top]))}, "
           f"max {int(rank[full_top].max())}")
     assert np.isfinite(entropy).all() and np.isfinite(bald_scores).all()
+    load = os.getloadavg()
+    print(f"load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 
 
 if __name__ == "__main__":
