@@ -293,7 +293,7 @@ def run_strategy(strategy: str, base, features: Features, pool_index: np.ndarray
             taken = np.flatnonzero(labelled)
             # As alkit fit: refit from the zero-shot base with ALL labels, weight decay lam / L.
             posterior = refit(base, pool_phi[taken], pool_labels[taken],
-                              RefitSettings(weight_decay=base.prior_precision / len(taken)), seed=seed)
+                              RefitSettings(), seed=seed)
         acc, calibration = evaluate(posterior, features)
         curve.labels.append(int(labelled.sum()))
         curve.accuracy.append(acc)

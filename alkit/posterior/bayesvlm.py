@@ -9,8 +9,17 @@ make the class embeddings Gaussian too: ProbCosine and the sampler then use both
 Analytic predictive: ProbCosine moments + probit (see `probcosine.py`). Sampling: S
 projection draws shared across all inputs (see `sampling.py`).
 
+Damping: "eigen" by default (precision n (A (x) B) + lam I, see `kronecker.py`). With the
+reference's Ritter form every input shares one output covariance B'^-1 up to a scale, and on
+the demo's posterior EPIG rankings for two disjoint target sets agreed with Spearman 0.96-0.99
+(EPIG was BALD); with the eigen form the same check gives -0.15..0.25, stable across sample
+seeds (0.97). Files written before carry no damping field and load as "ritter".
+
 `refit` is a pure function (science.md section 3): parent posterior + labels + settings ->
 NEW posterior; the parent's arrays are never written to (tests compare them before/after).
+The parent posterior IS the prior of the refit: the MAP minimises the labels' cross-entropy +
+1/2 (P - P_parent)^T H_parent (P - P_parent), with H_parent the parent's damped Kronecker
+precision, and the labelled images' curvature is added to the factors once, with weight 1.
 """
 
 from __future__ import annotations
@@ -24,8 +33,8 @@ import numpy as np
 from alkit.errors import InputError
 from alkit.posterior.base import PosteriorProvenance
 from alkit.posterior.evidence import optimise_prior_precision
-from alkit.posterior.kfac import KroneckerFactors, add_inputs, kfac_factors, kfac_sums, with_bias_column
-from alkit.posterior.kronecker import EigenFactors, eigendecompose
+from alkit.posterior.kfac import KroneckerFactors, add_labelled_inputs, kfac_factors, kfac_sums, with_bias_column
+from alkit.posterior.kronecker import EigenFactors, check_damping, eigendecompose
 from alkit.posterior.probcosine import (
     Covariance,
     GaussianEmbeddings,
@@ -34,11 +43,15 @@ from alkit.posterior.probcosine import (
     fixed_embeddings,
     probit_softmax,
 )
-from alkit.posterior.sampling import cosine_softmax_probs, sample_matrix_normal
+from alkit.posterior.sampling import cosine_softmax_probs
 
 KIND = "bayesvlm"
 # Inputs per chunk in logit_moments / sample_probs.
 CHUNK_SIZE = 8192
+# Monte Carlo predictive: shared draws, a fixed seed (repeatable predictions), chunked inputs.
+PREDICTIVE_SAMPLES = 256
+PREDICTIVE_SEED = 20_240_917
+PREDICTIVE_CHUNK = 1024
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:
@@ -63,15 +76,11 @@ class TextSide:
     eigen: EigenFactors
     pseudo_data: float
     prior_precision: float
+    damping: str = "eigen"
 
     def embeddings(self) -> GaussianEmbeddings:
         psi = with_bias_column(self.features, self.factors.bias)
-        return embedding_moments(
-            psi,
-            self.projection,
-            self.eigen.inverse_sqrt_a(self.pseudo_data, self.prior_precision),
-            self.eigen.inverse_b(self.pseudo_data, self.prior_precision),
-        )
+        return embedding_moments(psi, self.projection, self.eigen, self.pseudo_data, self.prior_precision, self.damping)
 
 
 @dataclass(frozen=True)
@@ -85,15 +94,10 @@ class ProjectionSamples:
 
 @dataclass(frozen=True)
 class RefitSettings:
-    """How `refit` fine-tunes the MAP and re-chooses lam."""
+    """How `refit` fits the MAP under the parent posterior."""
 
-    weight_decay: float = 1e-3  # towards the parent's P, on the mean cross-entropy
-    max_iterations: int = 200  # L-BFGS iterations in total
-    check_every: int = 10  # iterations between held-out checks
-    patience: int = 3  # checks without held-out improvement before stopping
-    holdout_fraction: float = 0.2
-    min_labels_for_holdout: int = 50  # below this, no held-out slice (train on all labels)
-    optimise_prior: bool = True
+    max_iterations: int = 500  # L-BFGS iterations (the objective is smooth; it stops on tolerance first)
+    gradient_tolerance: float = 1e-6  # max |gradient| per label
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -114,6 +118,7 @@ class BayesVLMPosterior:
     classes: tuple[str, ...] = ()
     embedding_spec_key: str = "unspecified"
     text_side: TextSide | None = None
+    damping: str = "eigen"
     kind: str = field(default=KIND, init=False)
 
     @property
@@ -141,8 +146,13 @@ class BayesVLMPosterior:
         embedding_spec_key: str = "unspecified",
         curvature_source: str = "factors",
         candidate_batch_size: int | None = None,
+        damping: str = "eigen",
     ) -> "BayesVLMPosterior":
-        """From precomputed KFAC factors (e.g. the reference LAION factors); lam by evidence if None."""
+        """From precomputed KFAC factors (e.g. the reference LAION factors); lam by evidence if None.
+
+        The evidence takes the pretrained projection as the MAP of pretraining under a N(0, 1/lam)
+        prior, so |theta_MAP - theta_0|^2 = |P|^2 here (and |Q|^2 on the text side)."""
+        check_damping(damping)
         projection = np.asarray(projection, dtype=np.float64)
         factors = KroneckerFactors(
             np.asarray(A_img, np.float64), np.asarray(B_img, np.float64), num_inputs,
@@ -156,7 +166,7 @@ class BayesVLMPosterior:
         eigen = eigendecompose(factors.A, factors.B)
         lam = prior_precision
         if lam is None:
-            lam = optimise_prior_precision(eigen.a_vals, eigen.b_vals, pseudo_data, float(np.sum(projection**2)))
+            lam = optimise_prior_precision(eigen.a_vals, eigen.b_vals, pseudo_data, float(np.sum(projection**2)), damping=damping)
         text_side = None
         if A_txt is not None:
             if B_txt is None or text_features is None or text_projection is None:
@@ -164,8 +174,8 @@ class BayesVLMPosterior:
             t_factors = KroneckerFactors(np.asarray(A_txt, np.float64), np.asarray(B_txt, np.float64), num_inputs)
             t_eigen = eigendecompose(t_factors.A, t_factors.B)
             q_proj = np.asarray(text_projection, np.float64)
-            t_lam = optimise_prior_precision(t_eigen.a_vals, t_eigen.b_vals, pseudo_data, float(np.sum(q_proj**2)))
-            text_side = TextSide(np.asarray(text_features, np.float64), q_proj, t_factors, t_eigen, pseudo_data, t_lam)
+            t_lam = optimise_prior_precision(t_eigen.a_vals, t_eigen.b_vals, pseudo_data, float(np.sum(q_proj**2)), damping=damping)
+            text_side = TextSide(np.asarray(text_features, np.float64), q_proj, t_factors, t_eigen, pseudo_data, t_lam, damping)
             class_text = np.asarray(text_features, np.float64) @ q_proj.T  # (K, d_t) @ (d_t, D)
         class_text = _unit(class_text)
         provenance = PosteriorProvenance(
@@ -173,11 +183,11 @@ class BayesVLMPosterior:
             curvature_source=curvature_source,
             labels_used=0,
             parent_version=None,
-            settings={"pseudo_data": float(pseudo_data), "candidate_batch_size": candidate_batch_size},
+            settings={"pseudo_data": float(pseudo_data), "candidate_batch_size": candidate_batch_size, "damping": damping},
         )
         return cls(
             projection, class_text, float(logit_scale), factors, eigen, float(pseudo_data), float(lam),
-            provenance, _default_classes(class_text.shape[0], classes), embedding_spec_key, text_side,
+            provenance, _default_classes(class_text.shape[0], classes), embedding_spec_key, text_side, damping,
         )
 
     @classmethod
@@ -192,6 +202,7 @@ class BayesVLMPosterior:
         classes=None,
         embedding_spec_key: str = "unspecified",
         bias: bool = False,
+        damping: str = "eigen",
     ) -> "BayesVLMPosterior":
         """Zero-shot: image-side GGN of the (unlabelled) pool against the K class prompts."""
         text = _unit(class_text)
@@ -201,7 +212,7 @@ class BayesVLMPosterior:
             factors.A, factors.B, projection, text, logit_scale, pseudo_data,
             num_inputs=factors.num_inputs, bias=bias, classes=classes,
             embedding_spec_key=embedding_spec_key, curvature_source=source,
-            candidate_batch_size=candidate_batch_size,
+            candidate_batch_size=candidate_batch_size, damping=damping,
         )
 
     # ------------------------------------------------------------------ predictions
@@ -216,25 +227,46 @@ class BayesVLMPosterior:
     def _text_embeddings(self) -> GaussianEmbeddings:
         return fixed_embeddings(self.class_text) if self.text_side is None else self.text_side.embeddings()
 
-    def cosine_moments(self, x, covariance: Covariance = "delta") -> tuple[np.ndarray, np.ndarray]:
-        """E[cos], Var[cos] `(N, K)` by ProbCosine, chunked over N."""
+    def cosine_moments(self, x, covariance: Covariance = "delta", centred: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """E[cos], Var[cos] `(N, K)` by ProbCosine, chunked over N (`centred`: see `cosine_moments`)."""
         phi = self._features(x)
-        l_a = self.eigen.inverse_sqrt_a(self.pseudo_data, self.prior_precision)
-        inv_b = self.eigen.inverse_b(self.pseudo_data, self.prior_precision)
         text = self._text_embeddings()
         means, variances = [], []
         for lo in range(0, phi.shape[0], CHUNK_SIZE):
-            image = embedding_moments(phi[lo : lo + CHUNK_SIZE], self.projection, l_a, inv_b)
-            mean, var = cosine_moments(image, text, covariance)
+            image = embedding_moments(
+                phi[lo : lo + CHUNK_SIZE], self.projection, self.eigen, self.pseudo_data, self.prior_precision, self.damping
+            )
+            mean, var = cosine_moments(image, text, covariance, centred)
             means.append(mean)
             variances.append(var)
         return np.concatenate(means), np.concatenate(variances)
 
     def logit_moments(self, x) -> tuple[np.ndarray, np.ndarray]:
-        mean_cos, var_cos = self.cosine_moments(x)
+        """Logit mean s E[cos] and the variance of the CENTRED logits (same softmax; see
+        `probcosine.cosine_moments`), which is what the probit predictive needs."""
+        mean_cos, var_cos = self.cosine_moments(x, centred=True)
         return self.logit_scale * mean_cos, self.logit_scale**2 * var_cos
 
     def predict(self, x) -> np.ndarray:
+        """Predictive probabilities `(N, K)`: the mean of softmax(s cos(P_s phi, h_k)) over
+        PREDICTIVE_SAMPLES shared projection draws (fixed seed, so repeatable).
+
+        Not the probit of the ProbCosine moments: all K cosines move with the same g, and with
+        CLIP-sized logit scales the class that wins depends on their differences, which a
+        probit of per-class variances cannot see. Measured on a digits toy (s = 100, D = 24)
+        after a refit: the probit's accuracy was 0.05-0.57 where the Monte Carlo predictive's was
+        0.80-0.86 (TV 0.39-0.88 between them) once the posterior was as wide as the labels'
+        evidence chose; `analytic_predict` keeps the probit for callers who want it."""
+        phi = np.asarray(x)
+        weights = self.sample_weights(PREDICTIVE_SAMPLES, PREDICTIVE_SEED)
+        chunks = [
+            self.sample_probs(weights, phi[lo : lo + PREDICTIVE_CHUNK]).mean(axis=0)
+            for lo in range(0, phi.shape[0], PREDICTIVE_CHUNK)
+        ]
+        return np.concatenate(chunks) if chunks else np.zeros((0, self.num_classes))
+
+    def analytic_predict(self, x) -> np.ndarray:
+        """Probit of the ProbCosine logit moments `(N, K)`: cheap, accurate only for narrow posteriors."""
         return probit_softmax(*self.logit_moments(x))
 
     def map_predict(self, x) -> np.ndarray:
@@ -243,23 +275,11 @@ class BayesVLMPosterior:
         return probit_softmax(self.logit_scale * g @ text.T, np.zeros((g.shape[0], text.shape[0])))
 
     def sample_weights(self, num_samples: int, seed: int) -> ProjectionSamples:
-        projections = sample_matrix_normal(
-            self.projection,
-            self.eigen.inverse_sqrt_b(self.pseudo_data, self.prior_precision),
-            self.eigen.inverse_sqrt_a(self.pseudo_data, self.prior_precision),
-            num_samples,
-            seed,
-        )
+        projections = self.eigen.sample(self.projection, num_samples, seed, self.pseudo_data, self.prior_precision, self.damping)
         text = self.class_text.astype(np.float32)
         if self.text_side is not None:
             side = self.text_side
-            q_draws = sample_matrix_normal(
-                side.projection,
-                side.eigen.inverse_sqrt_b(side.pseudo_data, side.prior_precision),
-                side.eigen.inverse_sqrt_a(side.pseudo_data, side.prior_precision),
-                num_samples,
-                seed + 1,
-            )
+            q_draws = side.eigen.sample(side.projection, num_samples, seed + 1, side.pseudo_data, side.prior_precision, side.damping)
             psi = with_bias_column(side.features, side.factors.bias).astype(np.float32)
             text = np.einsum("kt,sdt->skd", psi, q_draws)  # (S, K, D)
         return ProjectionSamples(projections, text, seed)
@@ -295,6 +315,7 @@ class BayesVLMPosterior:
             "prior_precision": self.prior_precision,
             "factors": _factor_header(self.factors),
             "text_side": None,
+            "damping": self.damping,
         }
         if self.text_side is not None:
             side = self.text_side
@@ -317,6 +338,7 @@ class BayesVLMPosterior:
     ) -> "BayesVLMPosterior":
         factors = _factors_from(arrays["A"], arrays["B"], header["factors"])
         eigen = EigenFactors(arrays["a_vals"], arrays["a_vecs"], arrays["b_vals"], arrays["b_vecs"])
+        damping = check_damping(header.get("damping", "ritter"))  # files written before the eigen form were Ritter
         text_side = None
         if header.get("text_side"):
             info = header["text_side"]
@@ -324,12 +346,12 @@ class BayesVLMPosterior:
                 arrays["text_features"], arrays["text_projection"],
                 _factors_from(arrays["text_A"], arrays["text_B"], info["factors"]),
                 EigenFactors(arrays["text_a_vals"], arrays["text_a_vecs"], arrays["text_b_vals"], arrays["text_b_vecs"]),
-                float(info["pseudo_data"]), float(info["prior_precision"]),
+                float(info["pseudo_data"]), float(info["prior_precision"]), damping,
             )
         return cls(
             arrays["projection"], arrays["class_text"], float(header["logit_scale"]), factors, eigen,
             float(header["pseudo_data"]), float(header["prior_precision"]), provenance, tuple(classes),
-            embedding_spec_key, text_side,
+            embedding_spec_key, text_side, damping,
         )
 
 
@@ -353,74 +375,51 @@ def _factors_from(A: np.ndarray, B: np.ndarray, info: dict[str, Any]) -> Kroneck
 # ---------------------------------------------------------------------- refit
 
 
-def _split(num_labels: int, settings: RefitSettings, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    order = np.random.default_rng(seed).permutation(num_labels)
-    if num_labels < settings.min_labels_for_holdout:
-        return order, order[:0]
-    held = max(1, int(round(settings.holdout_fraction * num_labels)))
-    return order[held:], order[:held]
-
-
 def fine_tune_projection(
     phi: np.ndarray,
     labels: np.ndarray,
-    start: np.ndarray,
-    class_text: np.ndarray,
-    logit_scale: float,
+    parent: "BayesVLMPosterior",
     settings: RefitSettings,
-    seed: int,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """MAP of P: mean cross-entropy of softmax(s cos(P phi, h_k)) + wd/2 |P - P_start|^2.
+    """MAP of P under the parent posterior as the prior:
 
-    Full-batch L-BFGS in float64 (deterministic); early stopping on a seeded held-out slice
-    of the labels when there are at least `min_labels_for_holdout`. Returns (P, report).
+      sum_i CE(softmax(s cos(P phi_i, h_k)), y_i) + 1/2 vec(P - P_0)^T H_0 vec(P - P_0)
+
+    with H_0 the parent's damped precision, diagonal in its eigenbasis: with
+    R = U_B^T (P - P_0) U_A, the penalty is 1/2 sum_ij E_ij R_ji^2. Full-batch L-BFGS in
+    float64 (deterministic) to a gradient tolerance; no early stopping is needed because the
+    prior is the full zero-shot posterior, not an ad-hoc weight decay. Returns (P, report).
     """
     import torch
 
-    train, held = _split(len(labels), settings, seed)
     x = torch.as_tensor(phi, dtype=torch.float64)
     y = torch.as_tensor(labels, dtype=torch.long)
-    text = torch.as_tensor(class_text, dtype=torch.float64)
-    anchor = torch.as_tensor(np.ascontiguousarray(start), dtype=torch.float64)
+    text = torch.as_tensor(parent.class_text, dtype=torch.float64)
+    anchor = torch.as_tensor(np.ascontiguousarray(parent.projection), dtype=torch.float64)
+    u_a = torch.as_tensor(parent.eigen.a_vecs, dtype=torch.float64)
+    u_b = torch.as_tensor(parent.eigen.b_vecs, dtype=torch.float64)
+    precision = torch.as_tensor(
+        parent.eigen.precision_eigvals(parent.pseudo_data, parent.prior_precision, parent.damping).T, dtype=torch.float64
+    )  # (q, p), matches R's layout
     weights = anchor.clone(memory_format=torch.contiguous_format).requires_grad_(True)
-
-    def nll(idx: np.ndarray) -> "torch.Tensor":
-        g = x[idx] @ weights.T  # (n, D)
-        logits = logit_scale * (g / g.norm(dim=1, keepdim=True)) @ text.T  # (n, K)
-        return torch.nn.functional.cross_entropy(logits, y[idx])
-
     optimiser = torch.optim.LBFGS(
-        [weights], lr=1.0, max_iter=settings.check_every, history_size=20, line_search_fn="strong_wolfe"
+        [weights], lr=1.0, max_iter=settings.max_iterations, history_size=30, line_search_fn="strong_wolfe",
+        tolerance_grad=settings.gradient_tolerance * (len(labels) + 1), tolerance_change=0.0,
     )
 
-    def closure():
+    def objective():
         optimiser.zero_grad()
-        loss = nll(train) + 0.5 * settings.weight_decay * ((weights - anchor) ** 2).sum()
+        g = x @ weights.T  # (L, D)
+        logits = parent.logit_scale * (g / g.norm(dim=1, keepdim=True)) @ text.T  # (L, K)
+        rotated = u_b.T @ (weights - anchor) @ u_a  # (q, p)
+        loss = torch.nn.functional.cross_entropy(logits, y, reduction="sum") + 0.5 * (precision * rotated**2).sum()
         loss.backward()
         return loss
 
-    best = anchor.clone()
-    best_held = float("inf")
-    stale = 0
-    rounds = max(1, settings.max_iterations // settings.check_every)
-    used = 0
-    for _ in range(rounds):
-        optimiser.step(closure)
-        used += 1
-        if len(held) == 0:
-            best = weights.detach().clone()
-            continue
-        with torch.no_grad():
-            held_nll = float(nll(held))
-        if held_nll < best_held - 1e-9:
-            best_held, best, stale = held_nll, weights.detach().clone(), 0
-        else:
-            stale += 1
-            if stale >= settings.patience:
-                break
-    report = {"train_labels": int(len(train)), "held_out_labels": int(len(held)), "rounds": used,
-              "held_out_nll": None if len(held) == 0 else best_held}
-    return best.numpy(), report
+    loss = optimiser.step(objective)
+    state = optimiser.state[optimiser._params[0]]
+    report = {"labels": int(len(labels)), "iterations": int(state.get("n_iter", 0)), "objective": float(loss.detach())}
+    return weights.detach().numpy().copy(), report
 
 
 def refit(
@@ -431,11 +430,13 @@ def refit(
     seed: int = 0,
     parent_version: int | None = None,
 ) -> BayesVLMPosterior:
-    """New posterior from the parent + labels: (a) MAP fine-tune, (b) add curvature, (c) lam.
+    """New posterior from the parent + labels: (a) MAP under the parent as prior, (b) the labelled
+    images' curvature added once (weight 1), (c) lam kept: it is the prior precision of the
+    pretraining posterior, and the labels now enter as data.
 
-    Pure: the parent is read, never written. Labelled images enter the curvature with their
-    own outer products (phi phi^T into A, InfoNCE GGN over the K class prompts at the new P
-    into B), renormalised by the new input count.
+    Pure: the parent is read, never written. Adding curvature only grows A and B, so the
+    posterior precision never decreases (a test checks that the labelled images' predictive
+    variance does not rise, including after `--factors`).
     """
     labels = np.asarray(labels)
     if labels.ndim != 1 or labels.shape[0] != np.asarray(phi_labelled).shape[0]:
@@ -443,16 +444,10 @@ def refit(
     if labels.size and (labels.min() < 0 or labels.max() >= posterior.num_classes):
         raise InputError(f"labels must lie in [0, {posterior.num_classes}); got {labels.min()}..{labels.max()}")
     phi = posterior._features(phi_labelled)
-    text = posterior.class_text
-    new_p, report = fine_tune_projection(
-        phi, labels, posterior.projection, text, posterior.logit_scale, settings, seed
-    )
-    a_sum, b_sum = kfac_sums(phi, new_p, text, posterior.logit_scale, None, "infonce", bias=False)
-    factors = add_inputs(posterior.factors, a_sum, b_sum, phi.shape[0])
+    new_p, report = fine_tune_projection(phi, labels, posterior, settings)
+    a_sum, b_sum = kfac_sums(phi, new_p, posterior.class_text, posterior.logit_scale, None, "infonce", bias=False)
+    factors = add_labelled_inputs(posterior.factors, a_sum, b_sum, phi.shape[0], posterior.pseudo_data)
     eigen = eigendecompose(factors.A, factors.B)
-    lam = posterior.prior_precision
-    if settings.optimise_prior:
-        lam = optimise_prior_precision(eigen.a_vals, eigen.b_vals, posterior.pseudo_data, float(np.sum(new_p**2)))
     provenance = PosteriorProvenance(
         kind=KIND,
         curvature_source=f"{posterior.provenance.curvature_source} + {phi.shape[0]} labelled images",
@@ -460,6 +455,70 @@ def refit(
         parent_version=parent_version,
         settings={**posterior.provenance.settings, "refit": settings.as_dict(), "seed": seed, "fine_tune": report},
     )
-    return replace(
-        posterior, projection=new_p, factors=factors, eigen=eigen, prior_precision=float(lam), provenance=provenance
+    return replace(posterior, projection=new_p, factors=factors, eigen=eigen, provenance=provenance)
+
+
+def with_pseudo_data(posterior: BayesVLMPosterior, pseudo_data: float) -> BayesVLMPosterior:
+    """The same curvature with another pseudo-data multiplier n (lam re-chosen by the zero-shot
+    evidence for that n). No refactorisation: the eigendecompositions do not depend on n."""
+    if pseudo_data == posterior.pseudo_data:
+        return posterior
+    eigen = posterior.eigen
+    lam = optimise_prior_precision(
+        eigen.a_vals, eigen.b_vals, pseudo_data, float(np.sum(posterior.projection**2)), damping=posterior.damping
     )
+    settings = {**posterior.provenance.settings, "pseudo_data": float(pseudo_data)}
+    return replace(posterior, pseudo_data=float(pseudo_data), prior_precision=float(lam),
+                   provenance=replace(posterior.provenance, settings=settings))
+
+
+def labelled_log_evidence(parent: BayesVLMPosterior, child: BayesVLMPosterior, phi: np.ndarray, labels: np.ndarray) -> float:
+    """Laplace evidence of the labels under the parent as prior:
+
+      log p(y) ~ log p(y | P*) - 1/2 vec(P* - P_0)^T H_0 vec(P* - P_0) - 1/2 log|H*| + 1/2 log|H_0|
+
+    (H_0 parent precision, H* child precision, both damped Kronecker eigen-forms). Used to
+    choose the pseudo-data multiplier n of the zero-shot curvature."""
+    features = parent._features(phi)
+    g = features @ child.projection.T
+    g = g / np.linalg.norm(g, axis=1, keepdims=True)
+    logits = child.logit_scale * g @ child.class_text.T
+    logits = logits - logits.max(axis=1, keepdims=True)
+    log_lik = float((logits[np.arange(len(labels)), labels] - np.log(np.exp(logits).sum(axis=1))).sum())
+    rotated = parent.eigen.b_vecs.T @ (child.projection - parent.projection) @ parent.eigen.a_vecs  # (q, p)
+    parent_precision = parent.eigen.precision_eigvals(parent.pseudo_data, parent.prior_precision, parent.damping)
+    penalty = 0.5 * float((parent_precision.T * rotated**2).sum())
+    return (
+        log_lik - penalty
+        - 0.5 * child.eigen.logdet(child.pseudo_data, child.prior_precision, child.damping)
+        + 0.5 * parent.eigen.logdet(parent.pseudo_data, parent.prior_precision, parent.damping)
+    )
+
+
+def refit_choosing_pseudo_data(
+    base: BayesVLMPosterior,
+    phi_labelled: np.ndarray,
+    labels: np.ndarray,
+    candidates,
+    settings: RefitSettings = RefitSettings(),
+    seed: int = 0,
+    parent_version: int | None = None,
+) -> BayesVLMPosterior:
+    """`refit` for each candidate pseudo-data multiplier n; keeps the refit whose labels have the
+    highest Laplace evidence under that n's zero-shot posterior (`labelled_log_evidence`).
+
+    n says how many labels one pool image's zero-shot curvature is worth; it cannot be known
+    before labels arrive, and the reference's fixed 4-10 was measured to make the posterior so
+    narrow that labels barely moved it. The evidence of every candidate is recorded."""
+    best, best_value, evidence = None, -np.inf, {}
+    for n in candidates:
+        parent = with_pseudo_data(base, float(n))
+        child = refit(parent, phi_labelled, labels, settings, seed=seed, parent_version=parent_version)
+        value = labelled_log_evidence(parent, child, phi_labelled, labels)
+        evidence[str(float(n))] = value
+        if best is None or value > best_value:
+            best, best_value = child, value
+    chosen_by = "labels' Laplace evidence" if len(evidence) > 1 else "given"
+    settings_record = {**best.provenance.settings, "pseudo_data": best.pseudo_data, "pseudo_data_evidence": evidence,
+                       "pseudo_data_chosen_by": chosen_by}
+    return replace(best, provenance=replace(best.provenance, settings=settings_record))

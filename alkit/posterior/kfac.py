@@ -107,3 +107,22 @@ def add_inputs(factors: KroneckerFactors, a_sum: np.ndarray, b_sum: np.ndarray, 
     a = (factors.A * old_root + a_sum) / root
     b = (factors.B * old_root + b_sum) / root
     return replace(factors, A=_symmetrise(a), B=_symmetrise(b), num_inputs=total)
+
+
+def add_labelled_inputs(
+    factors: KroneckerFactors, a_sum: np.ndarray, b_sum: np.ndarray, count: int, pseudo_data: float
+) -> KroneckerFactors:
+    """Factors with `count` labelled inputs' curvature added ONCE, for a precision n (A (x) B).
+
+    The labelled KFAC term is (sum phi phi^T) (x) (sum G) / L; inside n (A (x) B) it needs
+    A += a_sum / sqrt(n L) and B += b_sum / sqrt(n L) (weight 1, not n). The cross terms that
+    the sum of Kronecker products adds are positive semi-definite, so the precision never
+    decreases; unlike renormalising by a new input count, this needs no count for the base
+    factors (loaded `--factors` have none) and so never discards them.
+    """
+    if count == 0:
+        return factors
+    root = np.sqrt(max(pseudo_data, 1e-12) * count)
+    a = factors.A + a_sum / root
+    b = factors.B + b_sum / root
+    return replace(factors, A=_symmetrise(a), B=_symmetrise(b), num_inputs=factors.num_inputs + int(count))

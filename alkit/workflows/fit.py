@@ -140,27 +140,10 @@ def load_current_posterior(project: Project, context: PoolContext):
 
 
 def _refit_choosing_pseudo_data(base, features, labels, settings: FitSettings, parent_version):
-    """BayesVLM refit for each candidate n (the given one, or PSEUDO_DATA_GRID); keeps the one
-    whose labels have the highest Laplace evidence under that n's zero-shot posterior."""
-    from alkit.posterior.bayesvlm import labelled_log_evidence, refit, with_pseudo_data
+    from alkit.posterior.bayesvlm import refit_choosing_pseudo_data
 
     candidates = [settings.pseudo_data] if settings.pseudo_data is not None else list(PSEUDO_DATA_GRID)
-    best, best_value, evidence = None, -np.inf, {}
-    for n in candidates:
-        parent = with_pseudo_data(base, n)
-        child = refit(parent, features, labels, seed=settings.seed, parent_version=parent_version)
-        value = labelled_log_evidence(parent, child, features, labels)
-        evidence[str(n)] = value
-        if best is None or value > best_value:
-            best, best_value = child, value
-    from dataclasses import replace
-
-    provenance = replace(
-        best.provenance,
-        settings={**best.provenance.settings, "pseudo_data": best.pseudo_data, "pseudo_data_evidence": evidence,
-                  "pseudo_data_chosen_by": "given" if settings.pseudo_data is not None else "labels' Laplace evidence"},
-    )
-    return replace(best, provenance=provenance)
+    return refit_choosing_pseudo_data(base, features, labels, candidates, seed=settings.seed, parent_version=parent_version)
 
 
 def _bayesvlm_base(project: Project, context: PoolContext, settings: FitSettings, exclude: set[int] = frozenset()):
@@ -338,10 +321,9 @@ def fit_posterior(project: Project, settings: FitSettings = FitSettings(), force
     from alkit.progress import note as progress_note
 
     progress_note(f"fit: {kind} posterior ({'refit forced' if force and previous is not None else 'labels or settings changed' if previous is not None else 'no posterior yet'})")
-    _, features, labels = labelled_training_set(project, context, kind)
+    ids, features, labels = labelled_training_set(project, context, kind)
 
     if kind == "bayesvlm":
-        ids, _, _ = labelled_training_set(project, context, kind)
         base = _bayesvlm_base(project, context, settings, exclude=set(int(i) for i in ids))
         posterior = base if not len(labels) else _refit_choosing_pseudo_data(base, features, labels, settings, parent_version)
     elif kind == "probvlm":
