@@ -120,7 +120,9 @@ def test_anchored_members_are_each_the_minimiser_of_their_own_objective(toy):
     lams = member_precisions(settings, 7, lam)
     np.testing.assert_allclose(posterior.member_precisions, lams)
     assert len(set(lams.tolist())) == 3
-    anchors = inputs.prior[None] + np.random.default_rng([7, 0]).standard_normal((3,) + inputs.prior.shape) / np.sqrt(lams)[:, None, None]
+    noise = np.random.default_rng([7, 0]).standard_normal((3,) + inputs.prior.shape)
+    noise = (noise - noise.mean(axis=0)) * np.sqrt(3 / 2)  # centred over the members
+    anchors = inputs.prior[None] + noise / np.sqrt(lams)[:, None, None]
     for m in range(3):
 
         def objective(flat, m=m):

@@ -6,6 +6,8 @@ head (`trained_heads.prepare_head_inputs`). Each member is *anchored* (Pearce et
 
   sum_i w_mi CE(W_m x_i, y_i) + lam_m / 2 |W_m - A_m|^2,   A_m ~ N(W_0, lam_m^-1 I)
 
+(the anchors' noise centred over members, `centred_anchor_noise`)
+
 with W_0 the class-prompt zero-shot classifier (or zero) and L-BFGS started at its own anchor.
 lam is, by default, the one the Laplace head's evidence search picks for a single MAP head on
 the same inputs (measured on mnist_lt with 200 labels: lam = 1 fixed gave accuracy 0.63 and
@@ -164,6 +166,17 @@ def member_precisions(settings: EnsembleSettings, seed: int, prior_precision: fl
     return float(lam) * np.exp(span * (2.0 * positions - 1.0))
 
 
+def centred_anchor_noise(rng, members: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Standard normal anchor noise `(M, *shape)` with its mean over members removed and the
+    variance restored (x sqrt(M / (M - 1))): the anchors then average to exactly W_0, so the
+    members' mean is the MAP for a Gaussian likelihood (about it for softmax) instead of a MAP
+    shifted by the mean of M noise draws. Measured on mnist_lt (evidence lam 0.15-0.3, i.e.
+    anchor sd ~2 per weight): uncentred anchors cost the ensemble 3-7 accuracy points against
+    the Laplace head's MAP at 20-200 labels."""
+    noise = rng.standard_normal((members,) + tuple(shape))
+    return (noise - noise.mean(axis=0, keepdims=True)) * np.sqrt(members / (members - 1))
+
+
 def evidence_precision(inputs) -> tuple[float, dict[str, Any]]:
     """lam of the Laplace head's evidence search (one MAP head, `laplace_head.optimise_head_evidence`),
     so the members' prior is the one the labels support; 1 (the head's start) with no labels."""
@@ -270,8 +283,7 @@ def fit_ensemble(
         lam, report = evidence_precision(inputs)
     precisions = member_precisions(settings, seed, lam)
     rng = np.random.default_rng([seed, 0])
-    noise = rng.standard_normal((settings.members,) + inputs.prior.shape)
-    anchors = inputs.prior[None] + noise / np.sqrt(precisions)[:, None, None]
+    anchors = inputs.prior[None] + centred_anchor_noise(rng, settings.members, inputs.prior.shape) / np.sqrt(precisions)[:, None, None]
     if settings.bootstrap and count:
         sample_weights = rng.dirichlet(np.ones(count), size=settings.members) * count
     else:
