@@ -8,8 +8,10 @@ For every method: build time, index bytes (written file size), RSS delta of the 
 latency of `--queries` queries at k=`--k`, and recall@k against the numpy brute-force top-k.
 Then, at a few sizes, the `auto` threshold: flat vs IVF for build + 10 rounds of 1k queries.
 
-    python benchmarks/index.py --n 100000            # development size
-    python benchmarks/index.py                       # full size: 1,000,000 (~2 GB of vectors)
+    python -m benchmarks.index --n 100000            # development size
+    python -m benchmarks.index                       # full size: 1,000,000 (~2 GB of vectors)
+`ivf-pqM+rerank` re-ranks RERANK_FACTOR * k PQ candidates exactly from float16 copies of the
+vectors (held in memory here, read from the shards in alkit; not counted in index MiB).
 """
 
 from __future__ import annotations
@@ -17,8 +19,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# Running a script puts benchmarks/ first on sys.path, where select.py would shadow the stdlib
-# module that faiss (via subprocess) imports. Replace it by the repository root.
+# Running a script puts benchmarks/ first on sys.path; put the repository root there instead.
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
@@ -124,6 +125,8 @@ def compare_methods(base, queries, k, nlist, nprobes, pq_m, with_hnsw) -> None:
     variants.append(("ivf-flat", IndexSettings(kind="ivf", nlist=nlist), nprobes))
     if pq_m:
         variants.append((f"ivf-pq{pq_m}", IndexSettings(kind="ivf", nlist=nlist, pq_m=pq_m), nprobes))
+        variants.append((f"ivf-pq{pq_m}+rerank", IndexSettings(kind="ivf", nlist=nlist, pq_m=pq_m), nprobes))
+    stored = base.astype(np.float16)  # what the shards on disk hold; re-ranking reads these rows
     if with_hnsw:
         variants.append(("hnsw32", IndexSettings(kind="hnsw", hnsw_m=32), ["ef64", "ef128", "ef256"]))
     for name, settings, sweep in variants:
@@ -131,6 +134,8 @@ def compare_methods(base, queries, k, nlist, nprobes, pq_m, with_hnsw) -> None:
         rss_before = rss_bytes()
         index, build_s = timed(build_index, ids, base, settings)
         rss_delta = rss_bytes() - rss_before
+        if name.endswith("+rerank"):  # exact re-ranking of RERANK_FACTOR * k PQ candidates
+            index.reranker = lambda wanted: stored[wanted].astype(np.float32)
         size = index_file_bytes(index.index)
         for point in sweep:
             label = name
@@ -196,7 +201,9 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=50)
     parser.add_argument("--nlist", type=int, default=None, help="default: alkit's default_nlist(N)")
     parser.add_argument("--nprobe", type=str, default="4,8,16,32")
-    parser.add_argument("--pq", type=int, default=64, help="IVF-PQ bytes per vector; 0 skips IVF-PQ")
+    parser.add_argument("--pq", type=int, default=128, help="IVF-PQ bytes per vector (auto uses D/4); 0 skips IVF-PQ")
+    parser.add_argument("--max-load", type=float, default=1.0, help="refuse to run above this 1-min load average")
+    parser.add_argument("--force", action="store_true", help="run even above --max-load")
     parser.add_argument("--hnsw", action="store_true", help="also HNSW (slow to build at 1M on few cores)")
     parser.add_argument("--threshold-sizes", type=str, default="10000,30000,100000,300000",
                         help="sizes for the auto-threshold table (each <= --n); empty skips it")
@@ -205,6 +212,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="faiss OpenMP and numpy BLAS threads")
     args = parser.parse_args()
 
+    load = os.getloadavg()
+    print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    if load[0] > args.max_load and not args.force:
+        raise SystemExit(f"load {load[0]:.2f} > --max-load {args.max_load}; rerun on an idle machine or pass --force")
     import faiss
     from threadpoolctl import threadpool_limits
 
@@ -227,6 +238,8 @@ def main() -> None:
     sizes = [int(s) for s in args.threshold_sizes.split(",") if s and int(s) <= args.n]
     if sizes:
         auto_threshold(base, queries, args.k, sizes, IndexSettings().nprobe, args.rounds)
+    load = os.getloadavg()
+    print(f"load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 
 
 if __name__ == "__main__":
