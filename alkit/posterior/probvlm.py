@@ -60,6 +60,7 @@ class ProbVLMSettings:
     learning_rate: float = 1e-4
     hidden: int = 256
     dropout: float = 0.1
+    input_noise: float = 0.5  # norm of the noise on intra-modal inputs (a denoising target; 0: identity, degenerate)
     cross_weight: float = 1.0  # lam_cross
     holdout_fraction: float = 0.1  # images held out for early stopping
     patience: int = 10  # epochs without a better held-out loss before stopping
@@ -102,7 +103,9 @@ def unit_rows(x, name: str = "embeddings"):
 
 
 def init_adapter(dim: int, settings: ProbVLMSettings, generator) -> dict:
-    """Parameters of one adapter (torch float32). Heads start at zero: mu = x, alpha and beta constant.
+    """Parameters of one adapter (torch float32). The mean head starts small but not zero (a zero
+    head gave exactly zero epistemic variance: every dropout mask then maps x to x); alpha and
+    beta heads start constant.
 
     Hidden layers use nn.Linear's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)); alpha starts at
     0.1/sqrt(D) (a tenth of a unit vector's per-dim spread), beta at 2 (Gaussian).
@@ -119,7 +122,7 @@ def init_adapter(dim: int, settings: ProbVLMSettings, generator) -> dict:
     params = {
         "W1": uniform((hidden, dim), dim), "b1": uniform((hidden,), dim),
         "W2": uniform((hidden, hidden), hidden), "b2": uniform((hidden,), hidden),
-        "W_mu": torch.zeros(dim, hidden), "b_mu": torch.zeros(dim),
+        "W_mu": 0.1 * uniform((dim, hidden), hidden), "b_mu": torch.zeros(dim),
         "W_alpha": torch.zeros(dim, hidden), "b_alpha": torch.full((dim,), float(np.log(0.1 / np.sqrt(dim)))),
         "W_beta": torch.zeros(dim, hidden), "b_beta": torch.full((dim,), float(np.log(beta_start / (1 - beta_start)))),
     }
@@ -250,6 +253,18 @@ def train_adapters(
     optimiser = Adam(trainable, settings.learning_rate)
 
     train_x, held_x = _split(x.shape[0], settings.holdout_fraction, int(np.ceil(1 / settings.holdout_fraction)), generator)
+
+    def corrupted(rows):
+        """Intra-modal inputs with noise of norm ~input_noise: the adapter must reconstruct the
+        clean embedding. With the clean input as both input and target the residual adapter's
+        optimum is the identity (mean head 0, alpha at its floor) and it learns nothing."""
+        if settings.input_noise <= 0:
+            return rows
+        noise = torch.randn(rows.shape, generator=generator) * (settings.input_noise / np.sqrt(dim))
+        noisy = rows + noise
+        return noisy / noisy.norm(dim=1, keepdim=True)
+
+    held_inputs = corrupted(x[held_x]) if len(held_x) else x[held_x]  # one fixed draw: a comparable held-out loss
     train_p, held_p = _split(px.shape[0], settings.holdout_fraction, MIN_HELD_OUT_PAIRS, generator)
 
     def cross_loss(indices, masks=None):
@@ -261,7 +276,7 @@ def train_adapters(
         if len(held_x) == 0 and len(held_p) == 0:
             return None
         with torch.no_grad():
-            loss = adapter_nll(image_params, x[held_x], x[held_x], settings) if len(held_x) else torch.zeros(())
+            loss = adapter_nll(image_params, held_inputs, x[held_x], settings) if len(held_x) else torch.zeros(())
             if len(held_p):
                 loss = loss + settings.cross_weight * cross_loss(held_p)
         return float(loss)
@@ -281,10 +296,10 @@ def train_adapters(
             loss = torch.zeros(())
             if len(batch_x):
                 masks = dropout_masks(len(batch_x), settings, generator) if settings.dropout else None
-                loss = loss + adapter_nll(image_params, x[batch_x], x[batch_x], settings, masks)
+                loss = loss + adapter_nll(image_params, corrupted(x[batch_x]), x[batch_x], settings, masks)
             if text is not None:
                 masks = dropout_masks(text.shape[0], settings, generator) if settings.dropout else None
-                loss = loss + adapter_nll(text_params, text, text, settings, masks)
+                loss = loss + adapter_nll(text_params, corrupted(text), text, settings, masks)
             if len(batch_p):
                 masks = (
                     (dropout_masks(len(batch_p), settings, generator), dropout_masks(len(batch_p), settings, generator))

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import sqlalchemy as sa
 
-from alkit.errors import InputError, StateError
+from alkit.errors import InputError, IntegrityError, StateError
 from alkit.progress import note as progress_note, stage
 from alkit.project import Project
 from alkit.storage.db import utcnow
@@ -155,6 +155,7 @@ def select_round(project: Project, settings: SelectSettings) -> SelectionResult:
     else:
         with stage(f"select: scoring {len(candidate_ids):,} pool images with {settings.strategy} ({method})"):
             scores = _score(project, context, posterior, candidate_ids, settings, scorer, query_vectors)
+        check_finite_scores(scores, candidate_ids, settings.strategy)
 
     if scores is None:
         chosen_positions, method = _cold_start(project, context.spec.id, candidate_ids, settings)
@@ -212,6 +213,9 @@ def _score(project, context, posterior, candidate_ids: np.ndarray, settings: Sel
     weights = posterior.sample_weights(settings.samples, settings.seed) if scorer.needs_samples else None
     target_probs = None
     if scorer.needs_targets:
+        # EPIG is a small difference of O(1) entropies (1e-6 nats on a zero-shot BayesVLM), so
+        # its draws and probabilities are float64: float32 round-off was 3.6e-7 there.
+        weights = promote_samples(weights)
         target_ids = _epig_target_ids(project, context, candidate_ids, settings)
         _, target_x = load_vectors(project, context.spec.id, target_ids, kind=kind)
         target_probs = posterior.sample_probs(weights, target_x)  # (S, M, K), same draws as the pool
@@ -258,12 +262,38 @@ def _epig_target_ids(project, context, candidate_ids: np.ndarray, settings: Sele
     return np.sort(ids)
 
 
+def check_finite_scores(scores: np.ndarray, candidate_ids: np.ndarray, strategy: str) -> None:
+    """A NaN or infinite score is an error naming the images, never a silent zero."""
+    bad = np.flatnonzero(~np.isfinite(scores))
+    if bad.size:
+        raise IntegrityError(
+            f"{bad.size} of {len(scores)} {strategy} scores are not finite (image ids "
+            f"{', '.join(str(int(i)) for i in candidate_ids[bad[:5]])}); their stored vectors are probably "
+            "zero or corrupt: re-embed those images (`alkit embed`) or re-import the embeddings"
+        )
+
+
+def promote_samples(weights):
+    """The same shared posterior draws in float64 (every float32 array field of the draws'
+    dataclass is cast; anything else is returned unchanged)."""
+    import dataclasses
+
+    if weights is None or not dataclasses.is_dataclass(weights):
+        return weights
+    changes = {
+        f.name: getattr(weights, f.name).astype(np.float64)
+        for f in dataclasses.fields(weights)
+        if isinstance(getattr(weights, f.name), np.ndarray) and getattr(weights, f.name).dtype == np.float32
+    }
+    return dataclasses.replace(weights, **changes) if changes else weights
+
+
 def _batch(project, spec_id: int, candidate_ids: np.ndarray, scores: np.ndarray, settings: SelectSettings, notes) -> np.ndarray:
     from alkit.acquisition import select_batch, select_without_near_duplicates
     from alkit.storage.vectors import load_vectors_in_order
 
     budget = settings.budget
-    scores = np.clip(np.nan_to_num(scores, nan=0.0), 0.0, None)
+    scores = np.clip(scores, 0.0, None)  # round-off below zero (BALD, EPIG are >= 0)
     if settings.dedup_threshold is None:
         return select_batch(scores, budget, mode=settings.batch_mode, seed=settings.seed, beta=settings.beta)
     draws = min(len(candidate_ids), ORDER_OVERSAMPLE * budget + 64)
