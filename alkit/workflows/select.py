@@ -34,7 +34,7 @@ class SelectSettings:
     batch_mode: str = "power"
     beta: float = 1.0
     seed: int = 0
-    samples: int = 64  # S shared posterior samples
+    samples: int = 128  # S shared posterior samples (64 gave seed-to-seed BALD Spearman 0.87 on digits, 128 0.93)
     num_targets: int = 100  # M EPIG targets
     target_split: str | None = None
     query: str | None = None
