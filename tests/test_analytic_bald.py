@@ -19,13 +19,13 @@ def _case(num_items, num_classes, seed, mean_scale, log_variance):
 
 
 def _monte_carlo_bald(mean, variance, num_samples, seed, chunk=50):
-    """BALD of softmax(z), z ~ N(mean, diag variance), from S independent draws (float64)."""
+    """BALD of softmax(z), z ~ N(mean, diag variance), from S independent draws (float32 kernel)."""
     generator = torch.Generator().manual_seed(seed)
     out = np.empty(len(mean))
     for start in range(0, len(mean), chunk):
-        m = torch.from_numpy(mean[start : start + chunk])
-        s = torch.from_numpy(np.sqrt(variance[start : start + chunk]))
-        logits = m + s * torch.randn((num_samples, *m.shape), generator=generator, dtype=torch.float64)
+        m = torch.from_numpy(mean[start : start + chunk]).float()
+        s = torch.from_numpy(np.sqrt(variance[start : start + chunk])).float()
+        logits = m + s * torch.randn((num_samples, *m.shape), generator=generator)
         out[start : start + chunk] = bald_from_logits(logits)
     return out
 
@@ -35,7 +35,7 @@ def _monte_carlo_bald(mean, variance, num_samples, seed, chunk=50):
     [(10, 3.0, -1.0), (30, 5.0, -2.0), (3, 2.0, 0.0), (30, 1.0, 1.0)],
 )
 def test_ranks_like_a_10k_sample_reference_at_least_as_well_as_64_samples(num_classes, mean_scale, log_variance):
-    mean, variance = _case(250, num_classes, 0, mean_scale, log_variance)
+    mean, variance = _case(200, num_classes, 0, mean_scale, log_variance)
     reference = _monte_carlo_bald(mean, variance, 10_000, seed=1)
     sampled = [spearmanr(_monte_carlo_bald(mean, variance, 64, seed=s), reference)[0] for s in (2, 3, 4)]
     analytic = spearmanr(analytic_bald(mean, variance), reference)[0]
