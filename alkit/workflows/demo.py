@@ -2,7 +2,7 @@
 
 A small CLIP-style open_clip model is trained once on clean digits with caption templates
 (cached, loaded through open_clip's `pretrained=PATH`), the pool and test images come in a
-shifted style (rotation + noise) where its zero-shot predictions are miscalibrated, and a
+shifted style (rotation, inversion, noise) where its zero-shot predictions are weak, and a
 simulated annotator answers from the known labels. The chosen strategy and random
 acquisition run the same number of rounds from the same embedded project, for several
 seeds; the report (the same `alkit report` page any project gets, with the demo's
