@@ -89,7 +89,16 @@ class Settings:
     report_only: bool = False
 
     def key(self, dataset: str, budget: int, rounds: int) -> str:
-        return f"{dataset}|B{budget}|R{rounds}|{'smoke' if self.smoke else 'full'}|{self.code_key or code_fingerprint()}"
+        return f"{dataset}|B{budget}|R{rounds}|{'smoke' if self.smoke else 'full'}|{self.code_key_for(dataset)}"
+
+    def code_key_for(self, dataset: str) -> str:
+        """`--code-key KEY` for every data set, or `name=KEY,name=KEY` per data set."""
+        if not self.code_key:
+            return code_fingerprint()
+        if "=" not in self.code_key:
+            return self.code_key
+        keys = dict(part.split("=", 1) for part in self.code_key.split(",") if part)
+        return keys.get(dataset, code_fingerprint())
 
 
 @functools.lru_cache(maxsize=1)
@@ -620,7 +629,8 @@ def parse(argv) -> Settings:
     parser.add_argument("--stop-at", default=None, help="HH:MM UTC: start no new run after this; tables use finished seeds")
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing; tables from the stored runs (newest cached data sets)")
-    parser.add_argument("--code-key", default=None, help="stored runs' code fingerprint to use (printed at start)")
+    parser.add_argument("--code-key", default=None,
+                        help="stored runs' code fingerprint (printed at start): KEY, or name=KEY,name=KEY per data set")
     args = parser.parse_args(argv)
     from benchmarks.al_suite_peers import PEERS
 
@@ -675,7 +685,7 @@ def main(argv=None) -> int:
 
     settings = parse(argv)
     log = lambda text: print(text, flush=True)  # noqa: E731
-    log(f"code fingerprint {settings.code_key or code_fingerprint()} (pass --code-key to report these runs later)")
+    log(f"code fingerprint {code_fingerprint()} (pass --code-key to report these runs later)")
     torch.set_num_threads(settings.threads)
     cache = settings.cache or (Path(tempfile.mkdtemp(prefix="al_suite-")) if settings.smoke else cache_root())
     cache.mkdir(parents=True, exist_ok=True)

@@ -233,34 +233,47 @@ def build_digits(directory: Path, log=print, small: bool = False) -> None:
 
 
 def build_clip(directory: Path, log=print, small: bool = False) -> None:
-    """The demo's project (tiny open_clip, class prompts) with 200 of its pool images as targets."""
-    from alkit.demo.data import make_demo_split
-    from alkit.project import open_project
-    from alkit.workflows.demo import DemoSettings, prepare_project
+    """The demo's model and data as a project: shifted pool/test/target PNGs, class prompts, embedded.
+
+    The shift is pinned to rotation 35 degrees + noise 0.25 without inversion (the style the
+    cached demo model was measured on), so the data set does not move while the demo evolves."""
+    from alkit.demo.data import ShiftSettings, make_demo_split
+    from alkit.demo.tiny_clip import TINY_CLIP_NAME
+    from alkit.demo.train_clip import ensure_demo_model
+    from alkit.project import init_project, open_project
+    from alkit.settings import write_config_file
+    from alkit.workflows.classes import set_classes
     from alkit.workflows.embed import embed_images
     from alkit.workflows.ingest import add_images
+    from alkit.workflows.labels import import_labels
 
     shutil.rmtree(directory, ignore_errors=True)
-    total_pool = 2000
-    pool_size, test_size, targets = (60, 60, 20) if small else (1800, None, 200)
-    settings = DemoSettings(directory=directory, seed=DATA_SEED, pool_size=pool_size, test_size=test_size,
-                            compare_random=False)
-    template = Path(prepare_project(settings, log)[0])  # (template, checkpoint, answers[, quality])
-    split = make_demo_split(seed=DATA_SEED)
-    total_pool = len(split.pool_labels)
-    chosen = np.sort(np.random.default_rng(DATA_SEED).choice(total_pool, pool_size, replace=False))  # as demo._write_split
-    rest = np.setdiff1d(np.arange(total_pool), chosen)
-    target_idx = np.sort(np.random.default_rng(DATA_SEED + 5).choice(rest, min(targets, len(rest)), replace=False))
-    paths = _write_images(split.pool_images[target_idx], directory / "images" / "target", "target")
+    checkpoint = ensure_demo_model()
+    split = make_demo_split(seed=DATA_SEED, shift=ShiftSettings(invert=False, max_rotation_degrees=35.0, noise_std=0.25))
+    pool_size, test_size, targets = (60, 60, 20) if small else (1800, len(split.test_labels), 200)
+    rng = np.random.default_rng(DATA_SEED)
+    order = rng.permutation(len(split.pool_labels))
+    pool_idx, target_idx = np.sort(order[:pool_size]), np.sort(order[pool_size : pool_size + targets])
+    test_idx = np.sort(rng.permutation(len(split.test_labels))[:test_size])
+    template = directory / "template"
+    init_project(template)
+    write_config_file(template, {"model": TINY_CLIP_NAME, "pretrained": str(checkpoint), "batch_size": 128, "workers": 0})
     project = open_project(template)
-    added = add_images(project, paths, split="target", show_progress=False)
+    set_classes(project, list(CLASS_NAMES), TEMPLATE)
+    parts = {"pool": (split.pool_images, split.pool_labels, pool_idx), "test": (split.test_images, split.test_labels, test_idx),
+             "target": (split.pool_images, split.pool_labels, target_idx)}
+    for name, (images_, labels_, index) in parts.items():
+        paths = _write_images(images_[index], directory / "images" / name, name)
+        added = add_images(project, paths, split=name, show_progress=False)
+        if added.added != len(paths):
+            raise RuntimeError(f"clip: {name}: {added.added} of {len(paths)} images registered")
+        _write_label_csv(directory / f"{name}_answers.csv", paths, [CLASS_NAMES[int(k)] for k in labels_[index]])
+    import_labels(project, directory / "test_answers.csv", annotator="test-key", strict=True)
     embed_images(project, show_progress=False)
-    if template != directory / "template":
-        shutil.move(str(template), str(directory / "template"))
     (directory / "meta.json").write_text(json.dumps({
-        "name": "clip", "zero_shot": True, "target_duplicates": added.duplicates,
-        "description": "the demo's shifted MNIST (pool/test rotated + noisy) embedded by the demo's tiny open_clip "
-                       "model with class prompts (BayesVLM, zero-shot start)",
+        "name": "clip", "zero_shot": True, "checkpoint": str(checkpoint),
+        "description": "the demo's MNIST (pool/test rotated up to 35 degrees + noise 0.25) embedded by the demo's tiny "
+                       f"open_clip model ({checkpoint.name}) with class prompts (BayesVLM, zero-shot start)",
     }))
 
 
