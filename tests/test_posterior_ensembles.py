@@ -105,31 +105,35 @@ def test_ensemble_members_differ_and_samples_cycle_over_them(toy, fitted):
     np.testing.assert_allclose(probs[0], probs[8], atol=1e-7)
 
 
-def test_anchored_members_are_each_the_minimiser_of_their_own_objective(toy):
+@pytest.mark.parametrize("bootstrap", [False, True])
+def test_anchored_members_are_each_the_minimiser_of_their_own_objective(toy, bootstrap):
     """The joint L-BFGS over all members against one scipy solve per member (a loop), with
-    the anchors rebuilt from the same seed."""
+    the anchors (and Bayesian-bootstrap weights) rebuilt from the same seed."""
     from scipy.optimize import minimize
 
     from alkit.posterior.trained_heads import prepare_head_inputs
 
     x, y, _, _ = toy
-    settings = EnsembleSettings(members=3, hyper=True, gradient_tolerance=1e-8)
+    settings = EnsembleSettings(members=3, hyper=True, gradient_tolerance=1e-8, bootstrap=bootstrap)
     posterior = fit_ensemble(x[:80], y[:80], 3, settings=settings, seed=7)
     inputs = prepare_head_inputs(x[:80], y[:80], 3, None, 1.0)
     lam = posterior.provenance.settings["evidence_prior_precision"]  # chosen by the Laplace evidence
     lams = member_precisions(settings, 7, lam)
     np.testing.assert_allclose(posterior.member_precisions, lams)
     assert len(set(lams.tolist())) == 3
-    noise = np.random.default_rng([7, 0]).standard_normal((3,) + inputs.prior.shape)
+    rng = np.random.default_rng([7, 0])
+    noise = rng.standard_normal((3,) + inputs.prior.shape)
     noise = (noise - noise.mean(axis=0)) * np.sqrt(3 / 2)  # centred over the members
     anchors = inputs.prior[None] + noise / np.sqrt(lams)[:, None, None]
+    row_weights = rng.dirichlet(np.ones(80), size=3) * 80 if bootstrap else np.ones((3, 80))
     for m in range(3):
 
         def objective(flat, m=m):
             w = flat.reshape(3, -1)
             logits = inputs.xa @ w.T
             log_probs = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True)) - logits.max(1, keepdims=True)
-            return -log_probs[np.arange(80), inputs.labels].sum() + 0.5 * lams[m] * np.sum((w - anchors[m]) ** 2)
+            data = -(row_weights[m] * log_probs[np.arange(80), inputs.labels]).sum()
+            return data + 0.5 * lams[m] * np.sum((w - anchors[m]) ** 2)
 
         reference = minimize(objective, np.zeros(anchors[m].size), method="BFGS", options={"gtol": 1e-9}).x
         np.testing.assert_allclose(posterior.weights[m].ravel(), reference, atol=2e-4)
