@@ -87,6 +87,7 @@ class Settings:
     stop_at: float | None = None  # epoch seconds: start no new run after this (results use what finished)
     code_key: str | None = None  # reuse runs stored under this code fingerprint (default: the current code's)
     report_only: bool = False
+    cold_start_only: bool = False
 
     def key(self, dataset: str, budget: int, rounds: int) -> str:
         return f"{dataset}|B{budget}|R{rounds}|{'smoke' if self.smoke else 'full'}|{self.code_key_for(dataset)}"
@@ -621,6 +622,7 @@ def parse(argv) -> Settings:
     parser.add_argument("--large-methods", default=",".join(DEFAULT_LARGE_METHODS))
     parser.add_argument("--peers", default=None, help="default: all peers whose packages are installed")
     parser.add_argument("--no-cold-start", action="store_true")
+    parser.add_argument("--cold-start-only", action="store_true", help="only the round-1 cold-start comparison")
     parser.add_argument("--smoke", action="store_true", help="1 seed, 2 rounds of 5, tiny data, digits + mnist_lt")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
     parser.add_argument("--cache", type=Path, default=None)
@@ -643,7 +645,7 @@ def parse(argv) -> Settings:
         large_methods=split(args.large_methods), peers=peers, large_peers=tuple(p for p in peers if p != "modal-qbc"),
         cold_start=not args.no_cold_start, out=args.out, cache=args.cache, fresh=args.fresh, threads=args.threads,
         stop_at=time.time() if args.report_only else _utc_today_at(args.stop_at) if args.stop_at else None,
-        code_key=args.code_key, report_only=args.report_only,
+        code_key=args.code_key, report_only=args.report_only, cold_start_only=args.cold_start_only,
     )
     if args.smoke:
         settings.smoke = True
@@ -714,6 +716,8 @@ def main(argv=None) -> int:
                 log(f"{name}: pool {len(data.pool_y)} too small for {settings.large_rounds} rounds of {settings.large_budget}")
         # seeds outer, so a time limit leaves every data set with the same (paired) seeds
         first_tier = set(settings.methods) | set(settings.peers)
+        if settings.cold_start_only:
+            jobs, large_jobs = [], []
         for seed in range(settings.seeds):
             for job in jobs:
                 run_job_seed(job, seed, settings, store, log, [n for n in job.names if n in first_tier])
