@@ -424,7 +424,7 @@ def run_job_seed(job: Job, seed: int, settings: Settings, store: RunStore, log, 
         points = store.get(key)
         if points is None:
             if past(settings.stop_at):
-                return
+                continue  # later names may be stored (another process ran them)
             started = time.perf_counter()
             try:
                 if name in ALKIT_METHODS:
