@@ -521,8 +521,10 @@ def write_results(data, settings: Settings, sections: list[tuple[int, int, dict[
         "divided by the label range. Worst round vs random: the round where (paired mean difference + its sd) is "
         "lowest; '(below)' marks a round where the method is below random by more than one sd.",
         "",
-        f"Wall time {seconds:.0f} s; load average {load[0]:.1f} at start, {load[1]:.1f} at end (2 cores shared by "
-        "several engineers: timings are indicative only).",
+        (f"Tabulated from stored runs (`--report-only`); the runs' own wall times are the s/round columns, measured "
+         "at load averages 9-14 on 2 cores shared by several engineers: indicative only." if settings.report_only else
+         f"Wall time {seconds:.0f} s; load average {load[0]:.1f} at start, {load[1]:.1f} at end (2 cores shared by "
+         "several engineers: timings are indicative only)."),
     ]
     summary_rows = []
     for budget, rounds, curves, seeds in sections:
