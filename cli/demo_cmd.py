@@ -14,7 +14,7 @@ def demo(
     directory: Path = typer.Option(Path("alkit-demo"), "--dir", help="Where the projects, images and report go."),
     rounds: int = typer.Option(5, "--rounds", help="Selection rounds per strategy."),
     budget: int = typer.Option(40, "--budget", help="Images labelled per round."),
-    strategy: str = typer.Option("bald", "--strategy", help="Strategy compared against random."),
+    strategy: str = typer.Option("margin", "--strategy", help="Strategy compared against random (alkit select's default)."),
     pool_size: Optional[int] = typer.Option(None, "--pool-size", help="Use only this many pool images (faster)."),
     seed: int = typer.Option(0, "--seed"),
     seeds: int = typer.Option(3, "--seeds", help="Repeat each strategy's loop this many times (mean and range)."),

@@ -13,8 +13,8 @@ from alkit_cli.render import echo_table, emit_json_lines, note
 def select(
     ctx: typer.Context,
     budget: int = typer.Option(..., "--budget", "-b", help="Images to select (B)."),
-    strategy: str = typer.Option("bald", "--strategy", "-s", help="Scorer; see `alkit strategies`."),
-    batch_mode: str = typer.Option("power", "--batch-mode", help="top | power | softmax | softrank | batchbald (greedy joint MI over the top 256)."),
+    strategy: str = typer.Option("margin", "--strategy", "-s", help="Scorer; see `alkit strategies` (margin won the active-learning suite, see README)."),
+    batch_mode: str = typer.Option("top", "--batch-mode", help="top | power | softmax | softrank | batchbald (greedy joint MI over the top 256)."),
     beta: float = typer.Option(1.0, "--beta", help="Coldness of the stochastic batch modes."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed [default: setting `seed`]."),
     samples: int = typer.Option(128, "--samples", help="Shared posterior samples S (BALD rankings from two seeds: Spearman 0.87 at 64, 0.93 at 128 on digits with 50 labels)."),

@@ -1,4 +1,4 @@
-"""A shortened `alkit demo`: the real loop (tiny CLIP via pretrained=PATH, BayesVLM, select,
+"""A shortened `alkit demo`: the real loop (tiny CLIP via pretrained=PATH, the default posterior, select,
 simulated annotator, refit, eval) on a small slice of the bundled digits."""
 
 import json
@@ -24,7 +24,7 @@ def demo_run(tmp_path_factory):
 
 def test_demo_prints_learning_curves_for_strategy_and_random(demo_run):
     _, payload, log = demo_run
-    assert set(payload["curves"]) == {"bald", "random"} and payload["seeds"] == 2
+    assert set(payload["curves"]) == {"margin", "random"} and payload["seeds"] == 2
     for name, points in payload["curves"].items():
         assert [p["labels"] for p in points] == [0, 10, 20]
         assert all(0 <= p["accuracy_min"] <= p["accuracy"] <= p["accuracy_max"] <= 1 and 0 <= p["ece"] <= 1 for p in points)
@@ -33,8 +33,8 @@ def test_demo_prints_learning_curves_for_strategy_and_random(demo_run):
         for index, point in enumerate(points):  # the mean curve is the mean of the seeds' curves
             assert point["accuracy"] == pytest.approx(sum(curve[index]["accuracy"] for curve in per_seed) / 2)
     # For each seed, both loops start from the same zero-shot posterior.
-    for bald, random in zip(payload["seed_curves"]["bald"], payload["seed_curves"]["random"]):
-        assert bald[0] == random[0]
+    for chosen, random in zip(payload["seed_curves"]["margin"], payload["seed_curves"]["random"]):
+        assert chosen[0] == random[0]
     assert "pretrained=PATH" in log and "zero-shot" not in payload["files"]
 
 
@@ -58,11 +58,11 @@ def test_demo_measures_its_encoder(demo_run):
     assert encoder["zero_shot_accuracy"] == pytest.approx(float(np.mean(probs.argmax(1) == split.test_labels)))
 
 
-def test_demo_uses_bayesvlm_and_records_rounds(demo_run):
+def test_demo_uses_the_default_posterior_and_records_rounds(demo_run):
     directory, _, _ = demo_run
     import sqlalchemy as sa
 
-    engine = sa.create_engine(f"sqlite:///{directory / 'project-bald' / 'alkit.db'}")
+    engine = sa.create_engine(f"sqlite:///{directory / 'project-margin' / 'alkit.db'}")
     with engine.connect() as connection:
         kinds = set(connection.execute(sa.text("SELECT kind FROM posteriors")).scalars())
         rounds = connection.execute(sa.text("SELECT id, status, posterior_version FROM rounds ORDER BY id")).all()
@@ -70,7 +70,7 @@ def test_demo_uses_bayesvlm_and_records_rounds(demo_run):
             sa.text("SELECT count(*) FROM round_items JOIN images ON images.id = round_items.image_id WHERE images.split = 'test'")
         ).scalar()
     engine.dispose()
-    assert kinds == {"bayesvlm"}
+    assert kinds == {"laplace_head"}  # `alkit fit`'s default, zero-shot from the class prompts
     assert [r.status for r in rounds] == ["labeled", "labeled"]
     assert all(r.posterior_version is not None for r in rounds)
     assert labelled_test == 0  # test images are never selected
@@ -124,10 +124,10 @@ def test_demo_through_a_real_label_studio_server(ls, token_env, tmp_path):
     )
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
-    assert [p["labels"] for p in payload["curves"]["bald"]] == [0, 5]
+    assert [p["labels"] for p in payload["curves"]["margin"]] == [0, 5]
     import sqlalchemy as sa
 
-    engine = sa.create_engine(f"sqlite:///{directory / 'project-bald' / 'alkit.db'}")
+    engine = sa.create_engine(f"sqlite:///{directory / 'project-margin' / 'alkit.db'}")
     with engine.connect() as connection:
         sources = connection.execute(sa.text("SELECT source, count(*) FROM labels WHERE annotator != 'test-key' GROUP BY source")).all()
         task = connection.execute(sa.text("SELECT ls_project_id, task_id FROM ls_tasks ORDER BY task_id LIMIT 1")).one()

@@ -29,7 +29,7 @@ def test_fit_from_pairs_builds_both_projections_and_differs_from_zero_shot(cli, 
     payload = json.loads(result.stdout)
     assert payload["kind"] == "bayesvlm"
     assert "6 image-caption pairs from pairs.csv (image and text projections)" == payload["curvature_source"]
-    zero_shot = json.loads(cli("fit", "--json").stdout)
+    zero_shot = json.loads(cli("fit", "--posterior", "bayesvlm", "--json").stdout)
     assert zero_shot["curvature_source"].startswith("pool images vs 3 class prompts")
 
     from alkit.posterior.io import load_posterior
@@ -56,7 +56,7 @@ def test_pairs_errors_say_what_to_fix(cli, embedded, tmp_path):
 def test_fit_from_factor_files_uses_the_given_n_and_lambda(cli, embedded, tmp_path):
     from alkit.posterior.io import load_posterior
 
-    zero_shot = load_posterior(json.loads(cli("fit", "--json").stdout)["path"])
+    zero_shot = load_posterior(json.loads(cli("fit", "--posterior", "bayesvlm", "--json").stdout)["path"])
     factors = tmp_path / "factors"
     factors.mkdir()
     np.save(factors / "A_img.npy", zero_shot.factors.A)

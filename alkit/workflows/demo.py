@@ -35,8 +35,8 @@ class DemoSettings:
     directory: Path = Path("alkit-demo")
     rounds: int = 5
     budget: int = 40
-    strategy: str = "bald"
-    batch_mode: str = "power"
+    strategy: str = "margin"  # alkit select's default (the active-learning suite's winner)
+    batch_mode: str = "top"
     seed: int = 0
     pool_size: int | None = None  # None: the full shifted pool (2,000 images)
     test_size: int | None = None  # None: all 500 test images
