@@ -49,7 +49,7 @@ def test_progress_goes_to_stderr_and_json_stdout_still_parses(cli, pool, runner)
     assert "fit: checking labels and fitting the posterior ..." in fitted.stderr and "fit: laplace_head posterior" in fitted.stderr
     selected = run("select", "--budget", "3", "--json")
     rows = [json.loads(line) for line in selected.stdout.splitlines()]
-    assert len(rows) == 3 and "select: scoring 10 pool images with bald" in selected.stderr
+    assert len(rows) == 3 and "select: scoring 10 pool images with margin" in selected.stderr
     assert "select: chose 3 images" in selected.stderr
 
 
