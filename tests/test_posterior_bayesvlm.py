@@ -8,7 +8,6 @@ import pytest
 from alkit.posterior.base import Posterior
 from alkit.posterior.bayesvlm import BayesVLMPosterior, RefitSettings, refit, refit_choosing_pseudo_data
 from alkit.posterior.kronecker import eigendecompose
-from alkit.posterior.sampling import sample_matrix_normal
 
 
 def _unit(x):
@@ -39,19 +38,27 @@ def _toy(seed=0, N=40, d=5, D=8, K=4):
     return phi, proj, text
 
 
-def test_sampler_covariance_is_kron_of_inverse_a_and_inverse_b_in_column_major_vec():
+@pytest.mark.parametrize("damping", ["eigen", "ritter"])
+def test_sampler_covariance_is_the_inverse_damped_precision_in_column_major_vec(damping):
     rng = np.random.default_rng(0)
     xa, xb = rng.normal(size=(4, 2)), rng.normal(size=(5, 3))
-    eig = eigendecompose(xa.T @ xa, xb.T @ xb)  # p = 2, q = 3 (W is q x p)
+    a, b = xa.T @ xa, xb.T @ xb
+    eig = eigendecompose(a, b)  # p = 2, q = 3 (W is q x p)
     n, lam = 2.0, 0.3
     mean = rng.normal(size=(3, 2))
-    draws = sample_matrix_normal(mean, eig.inverse_sqrt_b(n, lam), eig.inverse_sqrt_a(n, lam), 200_000, 1, np.float64)
+    draws = eig.sample(mean, 200_000, 1, n, lam, damping, np.float64)
     vec = draws.transpose(0, 2, 1).reshape(len(draws), -1)  # column-major vec: stack columns
-    expected = np.kron(eig.inverse_a(n, lam), eig.inverse_b(n, lam))
+    if damping == "eigen":  # dense references built from A and B, not from the eigendecompositions
+        expected = np.linalg.inv(n * np.kron(a, b) + lam * np.eye(6))
+        swapped = np.linalg.inv(n * np.kron(b, a) + lam * np.eye(6))
+    else:
+        a_damped = np.sqrt(n) * a + np.sqrt(lam) * np.eye(2)
+        b_damped = np.sqrt(n) * b + np.sqrt(lam) * np.eye(3)
+        expected = np.kron(np.linalg.inv(a_damped), np.linalg.inv(b_damped))
+        swapped = np.kron(np.linalg.inv(b_damped), np.linalg.inv(a_damped))
     empirical = np.cov(vec, rowvar=False)
     scale = np.abs(expected).max()
     assert np.abs(empirical - expected).max() < 0.02 * scale
-    swapped = np.kron(eig.inverse_b(n, lam), eig.inverse_a(n, lam))
     assert np.abs(empirical - swapped).max() > 0.1 * scale  # the test can tell the orientations apart
     np.testing.assert_allclose(draws.mean(0), mean, atol=0.02 * np.sqrt(scale))
 

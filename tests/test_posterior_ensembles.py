@@ -111,7 +111,7 @@ def test_anchored_members_are_each_the_minimiser_of_their_own_objective(toy, boo
     the anchors (and Bayesian-bootstrap weights) rebuilt from the same seed."""
     from scipy.optimize import minimize
 
-    from alkit.posterior.trained_heads import prepare_head_inputs
+    from alkit.posterior.laplace_head import prepare_head_inputs
 
     x, y, _, _ = toy
     settings = EnsembleSettings(members=3, hyper=True, gradient_tolerance=1e-8, bootstrap=bootstrap)

@@ -392,16 +392,10 @@ def fine_tune_projection(
     torch/BLAS thread: these are small tensors, and on a loaded 2-core machine more threads
     only spin. Full-batch L-BFGS in float64, deterministic. Returns (P, report).
     """
-    import torch
-    from threadpoolctl import threadpool_limits
+    from alkit.posterior.threads import one_thread
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(limits=1, user_api="blas"):
-            return _fine_tune_whitened(phi, labels, parent, settings)
-    finally:
-        torch.set_num_threads(threads)
+    with one_thread():
+        return _fine_tune_whitened(phi, labels, parent, settings)
 
 
 def _fine_tune_whitened(phi, labels, parent: "BayesVLMPosterior", settings: RefitSettings):

@@ -40,14 +40,8 @@ import numpy as np
 from alkit.errors import InputError
 from alkit.posterior.base import PosteriorProvenance
 from alkit.posterior.laplace_head import HeadSamples
-from alkit.posterior.trained_heads import (
-    cycle_members,
-    head_inputs,
-    member_moments,
-    prepare_head_inputs,
-    softmax,
-    standardisation_state,
-)
+from alkit.posterior.laplace_head import head_inputs, prepare_head_inputs
+from alkit.posterior.trained_heads import cycle_members, member_moments, softmax, standardisation_state
 
 KIND = "ensemble"
 
@@ -180,13 +174,12 @@ def centred_anchor_noise(rng, members: int, shape: tuple[int, ...]) -> np.ndarra
 def evidence_precision(inputs) -> tuple[float, dict[str, Any]]:
     """lam of the Laplace head's evidence search (one MAP head, `laplace_head.optimise_head_evidence`),
     so the members' prior is the one the labels support; 1 (the head's start) with no labels."""
-    from threadpoolctl import threadpool_limits
-
     from alkit.posterior.laplace_head import LaplaceHeadSettings, optimise_head_evidence
+    from alkit.posterior.threads import one_thread
 
     if inputs.labels.size == 0:
         return 1.0, {"prior_precision_from": "default (no labels)"}
-    with threadpool_limits(limits=1, user_api="blas"):
+    with one_thread():
         found = optimise_head_evidence(inputs.xa, inputs.labels, inputs.prior, LaplaceHeadSettings())
     return float(found.prior_precision), {
         "prior_precision_from": "Laplace evidence of one MAP head", "evidence_prior_precision": float(found.prior_precision),
@@ -205,9 +198,10 @@ def fit_members(
     (the objective is unchanged, only better conditioned), and run with one BLAS thread (many
     small matmuls; multi-threaded BLAS on a loaded 2-core machine is far slower)."""
     from scipy.optimize import minimize
-    from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(limits=1, user_api="blas"):
+    from alkit.posterior.threads import one_thread
+
+    with one_thread():
         return _fit_members(xa, labels, anchors, precisions, sample_weights, gradient_tolerance, max_iterations, minimize)
 
 

@@ -41,7 +41,9 @@ import numpy as np
 from alkit.errors import InputError
 from alkit.posterior.base import PosteriorProvenance
 from alkit.posterior.probcosine import probit_softmax
-from alkit.posterior.trained_heads import head_inputs, one_thread, prepare_head_inputs, softmax, standardisation_state
+from alkit.posterior.laplace_head import head_inputs, prepare_head_inputs
+from alkit.posterior.threads import one_thread
+from alkit.posterior.trained_heads import softmax, standardisation_state
 
 KIND = "hetsngp"
 
@@ -313,6 +315,6 @@ def _fit_hetsngp(
 
 def fit_hetsngp(*args, **kwargs):
     """Train the trunk, noise and GP output layer (MAP), then the Laplace precision over B.
-    Arguments as `_fit_hetsngp`; runs with one BLAS / torch thread (`trained_heads.one_thread`)."""
+    Arguments as `_fit_hetsngp`; runs with one BLAS / torch thread (`threads.one_thread`)."""
     with one_thread():
         return _fit_hetsngp(*args, **kwargs)

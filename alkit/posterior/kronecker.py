@@ -122,30 +122,6 @@ class EigenFactors:
         inverse = 1.0 / self.precision_eigvals(pseudo_data, prior_precision, damping).reshape(-1)
         return (basis * inverse) @ basis.T
 
-    # ------------------------------------------------------------------ Ritter-form factors
-    # Only meaningful for damping="ritter", whose covariance is a Kronecker product.
-    def damped_a(self, pseudo_data: float, prior_precision: float) -> np.ndarray:
-        return _ritter_side(self.a_vals, pseudo_data, prior_precision)
-
-    def damped_b(self, pseudo_data: float, prior_precision: float) -> np.ndarray:
-        return _ritter_side(self.b_vals, pseudo_data, prior_precision)
-
-    def inverse_a(self, pseudo_data: float, prior_precision: float) -> np.ndarray:
-        """A'^-1 `(p, p)` of the Ritter form."""
-        return _from_eig(self.a_vecs, 1.0 / self.damped_a(pseudo_data, prior_precision))
-
-    def inverse_b(self, pseudo_data: float, prior_precision: float) -> np.ndarray:
-        """B'^-1 `(q, q)` of the Ritter form."""
-        return _from_eig(self.b_vecs, 1.0 / self.damped_b(pseudo_data, prior_precision))
-
-    def inverse_sqrt_a(self, pseudo_data: float, prior_precision: float) -> np.ndarray:
-        """L_A `(p, p)` with L_A L_A^T = A'^-1 (Ritter form)."""
-        return self.a_vecs * self.damped_a(pseudo_data, prior_precision) ** -0.5
-
-    def inverse_sqrt_b(self, pseudo_data: float, prior_precision: float) -> np.ndarray:
-        """L_B `(q, q)` with L_B L_B^T = B'^-1 (Ritter form)."""
-        return self.b_vecs * self.damped_b(pseudo_data, prior_precision) ** -0.5
-
 
 @dataclass(frozen=True)
 class OutputVariance:
@@ -181,16 +157,6 @@ def effective_parameters(
 
 def _ritter_side(eigvals: np.ndarray, pseudo_data: float, prior_precision: float) -> np.ndarray:
     return np.sqrt(pseudo_data) * np.clip(eigvals, 0.0, None) + np.sqrt(prior_precision)
-
-
-def damped_eigvals(eigvals: np.ndarray, pseudo_data: float, prior_precision: float) -> np.ndarray:
-    """Eigenvalues of `sqrt(n) M + sqrt(lam) I` from those of M (one Ritter factor; clipped at 0)."""
-    return _ritter_side(eigvals, pseudo_data, prior_precision)
-
-
-def _from_eig(vecs: np.ndarray, vals: np.ndarray) -> np.ndarray:
-    matrix = (vecs * vals) @ vecs.T
-    return 0.5 * (matrix + matrix.T)
 
 
 def eigendecompose(A: np.ndarray, B: np.ndarray) -> EigenFactors:

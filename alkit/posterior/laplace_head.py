@@ -84,6 +84,14 @@ def augment(embeddings: np.ndarray, mean: np.ndarray | None = None, scale: float
     return np.concatenate([x, np.ones((x.shape[0], 1), dtype=dtype)], axis=1)
 
 
+def head_inputs(x, dim: int, input_mean: np.ndarray | None, input_scale: float, dtype=np.float32) -> np.ndarray:
+    """[(x/|x| - mu)/sigma; 1] `(N, D + 1)` for scoring; InputError on a wrong width or bad rows."""
+    x = np.asarray(x)
+    if x.ndim != 2 or x.shape[1] != dim:
+        raise InputError(f"embeddings have shape {x.shape}; this posterior expects (N, {dim})")
+    return augment(x, input_mean, input_scale, dtype)
+
+
 def prior_mean(
     num_classes: int, dim: int, class_text: np.ndarray | None, logit_scale: float,
     input_mean: np.ndarray | None = None, input_scale: float = 1.0,
@@ -98,6 +106,54 @@ def prior_mean(
         if input_mean is not None:
             mean[:, dim] = logit_scale * text @ input_mean
     return mean
+
+
+@dataclass(frozen=True)
+class HeadInputs:
+    """Validated training inputs of a head on embeddings (Laplace, ensemble, MIMO, HetSNGP)."""
+
+    xa: np.ndarray  # (L, D + 1) standardised embeddings + bias column, float64
+    labels: np.ndarray  # (L,) int64 in [0, K)
+    prior: np.ndarray  # W_0 (K, D + 1)
+    input_mean: np.ndarray | None  # mu (D,)
+    input_scale: float  # sigma
+    classes: tuple[str, ...]
+    dim: int  # D
+
+
+def prepare_head_inputs(
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    class_text: np.ndarray | None,
+    logit_scale: float,
+    classes=None,
+    unlabelled: np.ndarray | None = None,
+    min_labels: int = 0,
+) -> HeadInputs:
+    """Check shapes, labels and rows (zero / non-finite rows are an InputError via `unit_rows`)
+    and build the standardised inputs and the prior mean."""
+    x = np.asarray(embeddings, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    if x.ndim != 2:
+        raise InputError(f"embeddings have shape {x.shape}; pass a 2-D array (N, D)")
+    dim = class_text.shape[1] if class_text is not None and x.size == 0 else x.shape[1]
+    if labels.shape[0] != x.shape[0]:
+        raise InputError(f"{labels.shape[0]} labels for {x.shape[0]} embeddings; pass one label per row")
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise InputError(f"labels must lie in [0, {num_classes}); got {labels.min()}..{labels.max()}")
+    if labels.size < min_labels:
+        raise StateError(f"{labels.size} labels; this posterior needs at least {min_labels}: label more images")
+    if labels.size == 0 and class_text is None:
+        raise StateError("no labels and no class prompts: add class prompts (zero-shot prior) or label some images")
+    names = tuple(str(c) for c in classes) if classes is not None else tuple(str(k) for k in range(num_classes))
+    if len(names) != num_classes:
+        raise InputError(f"{len(names)} class names for {num_classes} classes; pass one name per class")
+    source = unlabelled if unlabelled is not None and len(unlabelled) else (x if labels.size else None)
+    mean, scale = input_standardisation(source) if source is not None else (None, 1.0)
+    prior = prior_mean(num_classes, dim, class_text, logit_scale, mean, scale)
+    xa = augment(x, mean, scale) if labels.size else np.zeros((0, dim + 1))
+    return HeadInputs(xa, labels, prior, mean, float(scale), names, dim)
 
 
 @dataclass(frozen=True)
@@ -163,10 +219,7 @@ class LaplaceHeadPosterior:
         return self.weights.shape[1] - 1
 
     def _augment(self, x, dtype=np.float64) -> np.ndarray:
-        x = np.asarray(x)
-        if x.ndim != 2 or x.shape[1] != self.dim:
-            raise InputError(f"embeddings have shape {x.shape}; this head expects (N, {self.dim})")
-        return augment(x, self.input_mean, self.input_scale, dtype)
+        return head_inputs(x, self.dim, self.input_mean, self.input_scale, dtype)
 
     @cached_property
     def _variance_operator(self):
@@ -495,37 +548,19 @@ def fit_laplace_head(
     `unlabelled` `(M, D)`: embeddings to estimate the input centring from (the pool); without
     them the labelled embeddings are used. Zero labels need class prompts.
 
-    Runs with ONE BLAS thread: the fit is hundreds of small matmuls, and on a loaded 2-core
-    machine multi-threaded BLAS spun so badly that 200 labels took 134 s instead of 2 s."""
-    from threadpoolctl import threadpool_limits
+    Runs with one BLAS thread (`threads.one_thread`): the fit is hundreds of small matmuls."""
+    from alkit.posterior.threads import one_thread
 
-    with threadpool_limits(limits=1, user_api="blas"):
-        return _fit_laplace_head(
-            embeddings, labels, num_classes, class_text, logit_scale, settings, classes, embedding_spec_key,
-            parent_version, unlabelled,
-        )
-
-
-def _fit_laplace_head(
-    embeddings, labels, num_classes, class_text, logit_scale, settings, classes, embedding_spec_key, parent_version,
-    unlabelled,
-) -> LaplaceHeadPosterior:
     check_damping(settings.damping)
-    x = np.asarray(embeddings, dtype=np.float64)
-    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
-    dim = class_text.shape[1] if class_text is not None and x.size == 0 else x.shape[1]
-    if labels.shape[0] != x.shape[0]:
-        raise InputError(f"{labels.shape[0]} labels for {x.shape[0]} embeddings; pass one label per row")
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise InputError(f"labels must lie in [0, {num_classes}); got {labels.min()}..{labels.max()}")
-    if labels.size == 0 and class_text is None:
-        raise StateError("no labels and no class prompts: add class prompts (zero-shot prior) or label some images")
-    names = tuple(str(c) for c in classes) if classes is not None else tuple(str(k) for k in range(num_classes))
-    if len(names) != num_classes:
-        raise InputError(f"{len(names)} class names for {num_classes} classes; pass one name per class")
-    source_rows = unlabelled if unlabelled is not None and len(unlabelled) else (x if labels.size else None)
-    input_mean, input_scale = input_standardisation(source_rows) if source_rows is not None else (None, 1.0)
-    prior = prior_mean(num_classes, dim, class_text, logit_scale, input_mean, input_scale)
+    inputs = prepare_head_inputs(embeddings, labels, num_classes, class_text, logit_scale, classes, unlabelled)
+    with one_thread():
+        return _fit_prepared_head(inputs, num_classes, class_text, logit_scale, settings, embedding_spec_key, parent_version)
+
+
+def _fit_prepared_head(
+    inputs: HeadInputs, num_classes, class_text, logit_scale, settings, embedding_spec_key, parent_version
+) -> LaplaceHeadPosterior:
+    xa, labels, prior, dim = inputs.xa, inputs.labels, inputs.prior, inputs.dim
     report: dict[str, Any] = {}
     if labels.size == 0:
         lam = settings.fixed_prior_precision or settings.initial_prior_precision
@@ -533,7 +568,6 @@ def _fit_laplace_head(
         factors = KroneckerFactors(np.zeros((dim + 1, dim + 1)), np.zeros((num_classes, num_classes)), 0, "softmax", None, True)
         eigen = eigendecompose(factors.A, factors.B)
     else:
-        xa = augment(x, input_mean, input_scale)
         if settings.fixed_prior_precision is not None:
             lam = float(settings.fixed_prior_precision)
             fit = fit_map_head(xa, labels, prior, lam, None, settings.gradient_tolerance, settings.max_iterations)
@@ -555,6 +589,6 @@ def _fit_laplace_head(
         settings={**settings.as_dict(), "logit_scale": float(logit_scale), **report},
     )
     return LaplaceHeadPosterior(
-        weights, prior, factors, eigen, float(lam), provenance, names, embedding_spec_key, settings.damping,
-        input_mean, float(input_scale), float(report.get("temperature", 1.0)), float(report.get("variance_scale", 1.0)),
+        weights, prior, factors, eigen, float(lam), provenance, inputs.classes, embedding_spec_key, settings.damping,
+        inputs.input_mean, inputs.input_scale, float(report.get("temperature", 1.0)), float(report.get("variance_scale", 1.0)),
     )

@@ -32,15 +32,9 @@ import numpy as np
 
 from alkit.errors import InputError
 from alkit.posterior.base import PosteriorProvenance
-from alkit.posterior.trained_heads import (
-    cycle_members,
-    head_inputs,
-    member_moments,
-    prepare_head_inputs,
-    softmax,
-    one_thread,
-    standardisation_state,
-)
+from alkit.posterior.laplace_head import head_inputs, prepare_head_inputs
+from alkit.posterior.threads import one_thread
+from alkit.posterior.trained_heads import cycle_members, member_moments, softmax, standardisation_state
 
 KIND = "mimo"
 
@@ -280,6 +274,6 @@ def _fit_mimo(
 
 def fit_mimo(*args, **kwargs):
     """Train the M subnetworks (see the module docstring). Needs at least 2 labels.
-    Arguments as `_fit_mimo`; runs with one BLAS / torch thread (`trained_heads.one_thread`)."""
+    Arguments as `_fit_mimo`; runs with one BLAS / torch thread (`threads.one_thread`)."""
     with one_thread():
         return _fit_mimo(*args, **kwargs)

@@ -289,11 +289,7 @@ def _probvlm(project: Project, context: PoolContext, features, labels, settings:
             "probvlm turns embeddings into class probabilities against class-prompt text embeddings and this spec has "
             "none; import embeddings with text_embeddings, embed with an open_clip model, or use --posterior laplace_head"
         )
-    image_ids = embedded_image_ids(project, context.spec.id, images.c.split != Split.TEST.value).tolist()
-    if len(image_ids) > settings.curvature_images:
-        rng = np.random.default_rng(settings.seed)
-        image_ids = rng.choice(np.asarray(image_ids), settings.curvature_images, replace=False).tolist()
-    _, vectors = load_vectors(project, context.spec.id, image_ids, kind="embedding")
+    vectors = _unlabelled_sample(project, context, settings)
     scale = math.exp(text.logit_scale) if text.logit_scale is not None else IMPORTED_LOGIT_SCALE
     return fit_probvlm(
         vectors, features, labels, class_text=text.text_emb, logit_scale=scale,
@@ -359,7 +355,7 @@ def fit_posterior(project: Project, settings: FitSettings = FitSettings(), force
 
 def _unlabelled_sample(project: Project, context: PoolContext, settings: FitSettings) -> np.ndarray:
     """Embeddings of up to `curvature_images` non-test images (seeded sample): the Laplace
-    head's input centring is estimated from them, never from the test split."""
+    head's input centring and ProbVLM's training set come from them, never from the test split."""
     image_ids = embedded_image_ids(project, context.spec.id, images.c.split != Split.TEST.value)
     if len(image_ids) > settings.curvature_images:
         image_ids = np.random.default_rng(settings.seed).choice(image_ids, settings.curvature_images, replace=False)
