@@ -57,8 +57,8 @@ class LockedError(AlkitError):
 
 
 def from_environment(error: BaseException) -> "AlkitError | None":
-    """An AlkitError for failures of the machine rather than of alkit: a database locked by
-    another writer beyond the busy timeout, a full or read-only disk; None for anything else."""
+    """An AlkitError for a full or read-only disk (a failure of the machine rather than of
+    alkit); None for anything else. Database errors are translated by `storage.db.database_error`."""
     import errno
 
     disk_errnos = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EIO}
@@ -68,20 +68,6 @@ def from_environment(error: BaseException) -> "AlkitError | None":
             f"cannot write{where}: {error.strerror or error}; free disk space or fix permissions of the project "
             "directory, then rerun (work committed so far is kept)"
         )
-    if type(error).__module__.startswith("sqlalchemy") and type(error).__name__ == "OperationalError":
-        reason = str(getattr(error, "orig", None) or error).splitlines()[0]
-        if "locked" in reason or "busy" in reason:
-            from alkit.storage.db import SQLITE_BUSY_TIMEOUT_MS
-
-            return LockedError(
-                f"the database is locked by another writer ({reason}; waited the {SQLITE_BUSY_TIMEOUT_MS} ms busy "
-                "timeout); rerun when the other process has finished"
-            )
-        if "disk is full" in reason or "readonly" in reason or "read-only" in reason or "unable to open" in reason:
-            return ConfigError(
-                f"cannot write the database ({reason}); free disk space or fix permissions of the project "
-                "directory, then rerun (work committed so far is kept)"
-            )
     return None
 
 

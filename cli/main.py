@@ -60,7 +60,7 @@ class AlkitGroup(TyperGroup):
             try:
                 return super().invoke(ctx)
             except Exception as error:  # the environment's failures (locked database, full disk) are not bugs
-                converted = from_environment(error)
+                converted = from_environment(error) or _database_error(error)
                 if converted is None:
                     raise
                 raise converted from error
@@ -76,6 +76,15 @@ class AlkitGroup(TyperGroup):
         except BrokenPipeError:  # `alkit predict --json | head -1`: the reader has all it wanted
             _silence_stdout()
             raise typer.Exit(0) from None
+
+
+def _database_error(error: BaseException) -> Any:
+    """`storage.db.database_error`, imported only once something failed (keeps `--help` fast)."""
+    if not type(error).__module__.startswith("sqlalchemy"):
+        return None
+    from alkit.storage.db import database_error
+
+    return database_error(error)
 
 
 def _complete_help(command: Any) -> None:

@@ -9,10 +9,29 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
-from alkit.errors import ConfigError
+from alkit.errors import AlkitError, ConfigError, LockedError
 
 DEFAULT_DB_FILE = "alkit.db"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def database_error(error: BaseException) -> AlkitError | None:
+    """An AlkitError for the database's environmental failures: locked by another writer beyond
+    the busy timeout, a full or read-only disk; None for anything else (a bug)."""
+    if not (type(error).__module__.startswith("sqlalchemy") and type(error).__name__ == "OperationalError"):
+        return None
+    reason = str(getattr(error, "orig", None) or error).splitlines()[0]
+    if "locked" in reason or "busy" in reason:
+        return LockedError(
+            f"the database is locked by another writer ({reason}; waited the {SQLITE_BUSY_TIMEOUT_MS} ms busy "
+            "timeout); rerun when the other process has finished"
+        )
+    if "disk is full" in reason or "readonly" in reason or "read-only" in reason or "unable to open" in reason:
+        return ConfigError(
+            f"cannot write the database ({reason}); free disk space or fix permissions of the project "
+            "directory, then rerun (work committed so far is kept)"
+        )
+    return None
 
 
 def utcnow() -> datetime:

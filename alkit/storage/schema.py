@@ -58,6 +58,18 @@ class RoundItemOutcome(StrEnum):
     DROPPED = "dropped"  # the round was closed without requeue; the task stays in Label Studio
 
 
+class RoundStatus(StrEnum):
+    """Lifecycle of one selection round."""
+
+    OPEN = "open"  # selected, not (completely) pushed
+    PUSHED = "pushed"  # every item is a task in Label Studio, some still waiting
+    LABELED = "labeled"  # complete: every item labelled or left the round
+    CLOSED = "closed"  # closed by hand or by age (`closed_reason` says why)
+
+
+ACTIVE_ROUND_STATUSES = (RoundStatus.OPEN, RoundStatus.PUSHED)  # rounds that still hold their items
+
+
 class LabelSource(StrEnum):
     FILE = "file"
     LABEL_STUDIO = "labelstudio"
@@ -112,7 +124,7 @@ rounds = Table(
     Column("strategy", String(64), nullable=False),
     Column("settings", JSON, nullable=False),
     Column("seed", Integer, nullable=True),
-    Column("status", String(16), nullable=False, default="open"),
+    Column("status", String(16), nullable=False, default=RoundStatus.OPEN.value),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("embedding_spec_id", Integer, nullable=True),
     Column("posterior_version", Integer, nullable=True),

@@ -26,7 +26,6 @@ same number.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import re
 import sys
@@ -38,6 +37,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from alkit.atomic import atomic_write
 from alkit.errors import IntegrityError, LockedError, StateError
 from alkit.storage.db import utcnow
 from alkit.storage.pool import insert_ignoring_conflicts
@@ -98,33 +98,6 @@ def spec_directory(project, key: str) -> Path:
 
 def shard_path(directory: Path, shard: int, kind: str) -> Path:
     return directory / f"{shard:08d}.{kind}.npy"
-
-
-def _fsync_directory(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        descriptor = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-
-
-def atomic_write(path: Path, write) -> None:
-    """`write(handle)` into a temporary file, fsync, rename over `path`, fsync the folder."""
-    temporary = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    try:
-        with open(temporary, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except OSError as error:
-        with contextlib.suppress(OSError):  # free the space the partial file holds
-            os.unlink(temporary)
-        if error.errno is None:  # numpy's tofile reports a short write without errno: a full disk
-            raise OSError(errno.ENOSPC, f"No space left on device (short write: {error})", str(path)) from error
-        raise
-    os.replace(temporary, path)
-    _fsync_directory(path.parent)
 
 
 def write_shard(directory: Path, shard: int, arrays: dict[str, np.ndarray]) -> None:

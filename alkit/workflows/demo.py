@@ -27,7 +27,7 @@ from alkit.errors import InputError
 from alkit.project import Project, init_project, open_project
 from alkit.settings import write_config_file
 from alkit.storage.db import utcnow
-from alkit.storage.schema import ImageStatus, LabelSource, classes, images, labels, round_items, rounds
+from alkit.storage.schema import ImageStatus, LabelSource, RoundStatus, classes, images, labels, round_items, rounds
 
 
 @dataclass(frozen=True)
@@ -183,7 +183,7 @@ def annotate_round(project: Project, round_id: int, answers: dict[str, str]) -> 
         connection.execute(labels.insert(), rows)
         ids = [item.id for item in items]
         connection.execute(images.update().where(images.c.id.in_(ids)).values(status=ImageStatus.LABELED.value, updated_at=now))
-        connection.execute(rounds.update().where(rounds.c.id == round_id).values(status="labeled"))
+        connection.execute(rounds.update().where(rounds.c.id == round_id).values(status=RoundStatus.LABELED))
     return len(rows)
 
 

@@ -58,7 +58,8 @@ from alkit.storage.schema import (
     state,
 )
 from alkit.workflows.labels import mark_labeled
-from alkit.workflows.rounds import RoundStatus, complete_rounds, release_items
+from alkit.storage.schema import RoundStatus
+from alkit.workflows.rounds import complete_rounds, release_items
 
 FAULT_ENV = "ALKIT_FAULT"  # test hook: ALKIT_FAULT=<point> makes the process die at that point
 CURSOR_KEY = "labelstudio.pull_cursor"

@@ -17,8 +17,10 @@ from alkit.errors import InputError, StateError
 from alkit.project import Project
 from alkit.storage.db import utcnow
 from alkit.storage.schema import (
+    ACTIVE_ROUND_STATUSES,
     ImageStatus,
     RoundItemOutcome,
+    RoundStatus,
     embeddings,
     images,
     labels,
@@ -29,14 +31,6 @@ from alkit.storage.schema import (
 )
 
 
-class RoundStatus:
-    OPEN = "open"  # selected, not (completely) pushed
-    PUSHED = "pushed"  # every item is a task in Label Studio, some still waiting
-    LABELED = "labeled"  # complete: every item labelled or left the round
-    CLOSED = "closed"  # closed by hand or by age (`closed_reason` says why)
-
-
-ACTIVE = (RoundStatus.OPEN, RoundStatus.PUSHED)
 EXCLUDED_PREFIX = "excluded from selection"
 
 
@@ -213,7 +207,7 @@ def close_round(project: Project, round_id: int, requeue: bool = False, reason: 
         row = connection.execute(sa.select(rounds.c.id, rounds.c.status).where(rounds.c.id == round_id)).first()
         if row is None:
             raise InputError(f"round {round_id} does not exist; `alkit rounds` lists the rounds")
-        if row.status not in ACTIVE:
+        if row.status not in ACTIVE_ROUND_STATUSES:
             raise StateError(f"round {round_id} is already {row.status}; `alkit rounds` lists the open ones")
         waiting = list(
             connection.execute(

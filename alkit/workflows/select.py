@@ -19,7 +19,7 @@ from alkit.errors import InputError, IntegrityError, StateError
 from alkit.progress import note as progress_note, stage
 from alkit.project import Project
 from alkit.storage.db import utcnow
-from alkit.storage.schema import ImageStatus, Split, embeddings, images, labels, round_items, rounds
+from alkit.storage.schema import ImageStatus, RoundStatus, Split, embeddings, images, labels, round_items, rounds
 
 OPEN_STATUSES = (ImageStatus.SELECTED.value, ImageStatus.PUSHED.value)
 ORDER_OVERSAMPLE = 4  # candidates drawn per budget slot before near-duplicate suppression
@@ -368,7 +368,7 @@ def _record_round(project, context, settings, method, posterior_version, chosen_
             rounds.insert()
             .values(
                 strategy=settings.strategy, settings={**settings.snapshot(), "method": method}, seed=settings.seed,
-                status="open", created_at=now, embedding_spec_id=context.spec.id, posterior_version=posterior_version,
+                status=RoundStatus.OPEN, created_at=now, embedding_spec_id=context.spec.id, posterior_version=posterior_version,
             )
             .returning(rounds.c.id)
         ).scalar_one()

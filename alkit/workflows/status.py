@@ -7,7 +7,7 @@ import sqlalchemy as sa
 from alkit.project import Project
 from alkit.storage.migrations import current_version
 from alkit.storage.pool import class_names, count_images_by, resolved_labels
-from alkit.storage.schema import Split, classes, embedding_specs, embeddings, images, labels, posteriors, round_items, rounds
+from alkit.storage.schema import ACTIVE_ROUND_STATUSES, Split, classes, embedding_specs, embeddings, images, labels, posteriors, round_items, rounds
 
 
 def pool_status(project: Project) -> dict:
@@ -48,7 +48,7 @@ def pool_status(project: Project) -> dict:
             query = query.where(posteriors.c.spec_id == current.id)
         posterior = connection.execute(query.order_by(posteriors.c.version.desc()).limit(1)).first()
         schema_version = current_version(connection)
-    open_rounds = [row for row in round_rows if row.status in ("open", "pushed")]  # selected or waiting in Label Studio
+    open_rounds = [row for row in round_rows if row.status in ACTIVE_ROUND_STATUSES]  # selected or waiting in Label Studio
     return {
         "project": str(project.directory),
         "schema_version": schema_version,

@@ -31,7 +31,8 @@ from alkit.workflows.labelstudio import (
     read_state,
     write_state,
 )
-from alkit.workflows.rounds import RoundStatus, close_old_rounds
+from alkit.storage.schema import RoundStatus
+from alkit.workflows.rounds import close_old_rounds
 
 LOCK_NAME = "labelstudio"  # shared with `alkit push` / `alkit pull`
 REFIT_KEY = "sync.last_refit"
