@@ -21,10 +21,28 @@ def test_none_flag_does_not_override(tmp_path):
     assert load_settings(tmp_path, flags={"model": None}, environ={}).model == "RN50"
 
 
-def test_every_setting_has_env_name_and_default_type():
-    for spec in SETTINGS:
-        assert spec.env_var == "ALKIT_" + spec.name.upper()
-        assert spec.default is None or isinstance(spec.default, spec.type)
+def _sample_value(spec):
+    """A valid value for `spec` that differs from its default, as the user would type it in the environment."""
+    if spec.type is bool:
+        return (not spec.default), "false" if spec.default else "true"
+    if spec.type in (int, float):
+        value = spec.type((spec.minimum or 0) + 3)
+        return value, str(value)
+    return "x-custom", "x-custom"
+
+
+@pytest.mark.parametrize("spec", SETTINGS, ids=lambda spec: spec.name)
+def test_every_setting_reaches_the_user_through_env_and_file(tmp_path, spec):
+    """Each declared setting works end to end: its default loads, `ALKIT_<NAME>` overrides it,
+    and the same key in alkit.toml does too (a setting missing from the loader fails here)."""
+    assert getattr(load_settings(tmp_path, environ={}), spec.name) == spec.default
+    value, typed = _sample_value(spec)
+    from_env = load_settings(tmp_path, environ={f"ALKIT_{spec.name.upper()}": typed})
+    assert getattr(from_env, spec.name) == value and from_env.sources[spec.name] == "env"
+    toml_value = f'"{value}"' if isinstance(value, str) else str(value).lower()
+    (tmp_path / "alkit.toml").write_text(f"{spec.name} = {toml_value}\n")
+    from_file = load_settings(tmp_path, environ={})
+    assert getattr(from_file, spec.name) == value and from_file.sources[spec.name] == "alkit.toml"
 
 
 @pytest.mark.parametrize(
