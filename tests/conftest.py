@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub download attempt takes ~46 s to fail here
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -68,6 +69,70 @@ def project(tmp_path):
     directory = tmp_path / "lib_project"
     init_project(directory)
     return open_project(directory)
+
+
+@dataclass
+class ClusteredPool:
+    """Images on disk with synthetic embeddings drawn around one unit centre per class, and the npz
+    that `alkit embed --from` imports (class centres as the text embeddings)."""
+
+    pool: list[Path]
+    test: list[Path]
+    names: list[str]
+    truth: dict[str, str]  # path -> class name
+    centres: np.ndarray  # (K, D) unit rows
+    npz: Path
+
+    def write_labels(self, paths: list[Path], csv: Path) -> Path:
+        """A labels CSV giving each of `paths` its true class."""
+        csv.write_text("path,label\n" + "".join(f"{path},{self.truth[str(path)]}\n" for path in paths))
+        return csv
+
+
+@pytest.fixture
+def clustered_pool(make_images, tmp_path):
+    """`clustered_pool(count, dim, names, noise, seed, test_count)`: image i (pool, then test) belongs to
+    class i % K and its embedding is centre + noise * N(0, I)."""
+
+    def make(count: int = 60, dim: int = 16, names=("a", "b", "c"), noise: float = 0.8, seed: int = 0,
+             test_count: int = 0, size=(16, 12), text_embeddings: bool = True) -> ClusteredPool:
+        rng = np.random.default_rng(seed)
+        centres = rng.normal(size=(len(names), dim))  # (K, D)
+        centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+        pool = make_images(count, size=size)
+        test = make_images(test_count, folder="test", start_seed=500, size=size) if test_count else []
+        classes = np.arange(count + test_count) % len(names)  # (N,)
+        vectors = centres[classes] + noise * rng.normal(size=(count + test_count, dim))  # (N, D)
+        npz = tmp_path / "clustered.npz"
+        extra = {"text_embeddings": centres.astype(np.float32)} if text_embeddings else {}
+        np.savez(npz, paths=np.array([str(path) for path in pool + test]), embeddings=vectors.astype(np.float32), **extra)
+        truth = {str(path): names[k] for path, k in zip(pool + test, classes)}
+        return ClusteredPool(pool, test, list(names), truth, centres, npz)
+
+    return make
+
+
+@pytest.fixture
+def imported_project(cli, clustered_pool, tmp_path):
+    """`imported_project(labelled_pool=6, label_test=True, **clustered_pool options)`: init, add the pool
+    (and the test split), set the classes, import the embeddings and the true labels of the first
+    `labelled_pool` pool images (and of the test split); returns the ClusteredPool."""
+
+    def make(labelled_pool: int = 0, label_test: bool = False, **options) -> ClusteredPool:
+        data = clustered_pool(**options)
+        labelled = data.pool[:labelled_pool] + (data.test if label_test else [])
+        steps = [("init",), ("add", data.pool[0].parent)]
+        if data.test:
+            steps.append(("add", data.test[0].parent, "--split", "test"))
+        steps += [("classes", "set", *data.names), ("embed", "--from", data.npz, "--name", "synthetic")]
+        if labelled:
+            steps.append(("labels", "import", data.write_labels(list(labelled), tmp_path / "labels.csv")))
+        for step in steps:
+            result = cli(*step)
+            assert result.exit_code == 0, (step, result.output)
+        return data
+
+    return make
 
 
 def unit_rows(matrix: np.ndarray) -> np.ndarray:

@@ -15,22 +15,12 @@ SECTIONS = ["gallery", "class-balance", "scores", "learning-curve", "calibration
 
 
 @pytest.fixture
-def two_round_project(cli, make_images, tmp_path):
+def two_round_project(cli, imported_project, tmp_path):
     """30 pool + 12 test images with imported embeddings; zero-shot eval, then 2 x (select 4, label, fit, eval)."""
-    rng = np.random.default_rng(3)
-    centres = rng.normal(size=(3, 12))
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    pool = make_images(30, size=(40, 30))
-    test = make_images(12, folder="test", start_seed=500, size=(40, 30))
-    truth = {str(p): NAMES[i % 3] for i, p in enumerate(pool + test)}
-    vectors = np.array([centres[NAMES.index(truth[str(p)])] + 0.9 * rng.normal(size=12) for p in pool + test])
-    npz = tmp_path / "e.npz"
-    np.savez(npz, paths=np.array([str(p) for p in pool + test]), embeddings=vectors.astype(np.float32),
-             text_embeddings=centres.astype(np.float32))
-    (tmp_path / "test.csv").write_text("path,label\n" + "".join(f"{p},{truth[str(p)]}\n" for p in test))
-    for args in (("init",), ("add", pool[0].parent), ("add", test[0].parent, "--split", "test"),
-                 ("classes", "set", *NAMES), ("embed", "--from", npz, "--name", "x"),
-                 ("labels", "import", tmp_path / "test.csv"), ("fit",), ("eval",)):
+    data = imported_project(count=30, dim=12, names=NAMES, noise=0.9, seed=3, test_count=12, size=(40, 30),
+                            label_test=True)
+    truth = data.truth
+    for args in (("fit",), ("eval",)):
         assert cli(*args).exit_code == 0, args
     for round_number in (1, 2):
         output = cli("select", "--budget", "4", "--seed", str(round_number), "--json").stdout
