@@ -7,7 +7,6 @@ import json
 import re
 from datetime import timedelta
 
-import numpy as np
 import pytest
 
 NAMES = ["cat", "dog", "horse"]
