@@ -12,17 +12,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from alkit.jsonable import JsonResult
+
 
 @dataclass(frozen=True)
-class EncoderQuality:
+class EncoderQuality(JsonResult):
     zero_shot_accuracy: float  # shifted test split, class prompts only
     zero_shot_clean_accuracy: float  # the same test images, unshifted
     linear_probe_accuracy: float  # shifted test split, probe trained on all pool labels
     pool_size: int
     test_size: int
-
-    def as_json(self) -> dict:
-        return dict(self.__dict__)
 
 
 def image_features(checkpoint, images: np.ndarray, kind: str = "phi") -> np.ndarray:

@@ -12,6 +12,7 @@ from alkit.errors import InputError
 from alkit.imagefiles import ProbeResult, find_image_files, iter_chunks, probe_image
 from alkit.progress import progress_bar
 from alkit.project import Project
+from alkit.jsonable import JsonResult
 from alkit.storage.db import utcnow
 from alkit.storage.pool import insert_ignoring_conflicts
 from alkit.storage.schema import ImageStatus, Split, images
@@ -20,23 +21,13 @@ CHUNK_SIZE = 512
 
 
 @dataclass
-class AddResult:
+class AddResult(JsonResult):
     split: str
     added: int = 0
     duplicates: int = 0  # same content as an image already registered (or earlier in this run)
     already_registered: int = 0  # same path already in the pool
     ignored: int = 0  # non-image suffixes inside walked folders
     rejected: list[dict] = field(default_factory=list)  # {path, reason}
-
-    def as_json(self) -> dict:
-        return {
-            "split": self.split,
-            "added": self.added,
-            "duplicates": self.duplicates,
-            "already_registered": self.already_registered,
-            "ignored": self.ignored,
-            "rejected": self.rejected,
-        }
 
 
 def _probe_threads() -> int:

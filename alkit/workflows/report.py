@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from alkit.errors import AlkitError
+from alkit.jsonable import JsonResult
 from alkit.project import Project
 
 GALLERY_LIMIT = 60  # thumbnails per round (the top-ranked ones); the rest are counted
@@ -27,7 +28,7 @@ SCORE_NAMES = {"bald": "BALD", "entropy": "entropy", "epig": "EPIG", "margin": "
 
 
 @dataclass
-class ReportResult:
+class ReportResult(JsonResult):
     path: Path
     sections: list[str]
     rounds: int
@@ -36,10 +37,7 @@ class ReportResult:
     figures: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
-    def as_json(self) -> dict:
-        return {"report": str(self.path), "sections": self.sections, "rounds": self.rounds,
-                "thumbnails": self.thumbnails, "evaluations": self.evaluations, "figures": self.figures,
-                "notes": self.notes}
+    json_names = {"path": "report"}
 
 
 def build_report(project: Project, out_dir: Path | None = None, split: str = "test", title: str | None = None,
