@@ -1,0 +1,115 @@
+"""The `labels` table: counts, lookups and the upserts of file imports and Label Studio pulls.
+
+One row per (image, source, annotator); an upsert adds, updates or leaves a row and says which.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from alkit.storage.schema import LabelSource, classes, images, labels
+
+
+@dataclass
+class LabelChanges:
+    """Rows added, updated (other class or annotation) and removed by one upsert."""
+
+    added: int = 0
+    updated: int = 0
+    removed: int = 0
+    unchanged: int = 0
+
+
+def class_ids_by_name(connection: Connection) -> dict[str, int]:
+    return dict(connection.execute(sa.select(classes.c.name, classes.c.id)).all())
+
+
+def label_count(connection: Connection) -> int:
+    return int(connection.execute(sa.select(sa.func.count()).select_from(labels)).scalar())
+
+
+def labelled_among(connection: Connection, image_ids: Iterable[int]) -> set[int]:
+    """Those of `image_ids` with at least one label."""
+    query = sa.select(labels.c.image_id).where(labels.c.image_id.in_(list(image_ids))).distinct()
+    return set(connection.execute(query).scalars())
+
+
+def labelled_images():
+    """A subquery of every labelled image id (for `not_in` filters)."""
+    return sa.select(labels.c.image_id)
+
+
+def upsert_file_labels(connection: Connection, chosen: dict[int, int], annotator: str, now: datetime) -> LabelChanges:
+    """Store `image id -> class id` as labels of source `file` by `annotator`."""
+    mine = (labels.c.source == LabelSource.FILE, labels.c.annotator == annotator)
+    existing = dict(connection.execute(sa.select(labels.c.image_id, labels.c.class_id).where(*mine)).all())
+    changes = LabelChanges()
+    for image_id, class_id in chosen.items():
+        if image_id not in existing:
+            connection.execute(
+                labels.insert().values(
+                    image_id=image_id, class_id=class_id, source=LabelSource.FILE.value, annotator=annotator, created_at=now
+                )
+            )
+            changes.added += 1
+        elif existing[image_id] != class_id:
+            connection.execute(
+                labels.update().where(labels.c.image_id == image_id, *mine).values(class_id=class_id, created_at=now)
+            )
+            changes.updated += 1
+        else:
+            changes.unchanged += 1
+    return changes
+
+
+def reconcile_labelstudio_labels(
+    connection: Connection, image_id: int, desired: dict[str, tuple[int, str]], now: datetime
+) -> LabelChanges:
+    """Make the image's `labelstudio` labels exactly `desired` (annotator -> (class id, annotation id)):
+    new annotators are added, changed ones updated, annotators no longer there removed."""
+    mine = (labels.c.image_id == image_id) & (labels.c.source == LabelSource.LABEL_STUDIO)
+    stored = {
+        row.annotator: (row.class_id, row.external_id)
+        for row in connection.execute(sa.select(labels.c.annotator, labels.c.class_id, labels.c.external_id).where(mine))
+    }
+    changes = LabelChanges()
+    for annotator, (class_id, external_id) in desired.items():
+        if annotator not in stored:
+            connection.execute(
+                labels.insert().values(
+                    image_id=image_id, class_id=class_id, source=LabelSource.LABEL_STUDIO.value,
+                    annotator=annotator, external_id=external_id, created_at=now,
+                )
+            )
+            changes.added += 1
+        elif stored[annotator] != (class_id, external_id):
+            connection.execute(
+                labels.update().where(mine, labels.c.annotator == annotator).values(
+                    class_id=class_id, external_id=external_id, created_at=now
+                )
+            )
+            changes.updated += 1
+    gone = [annotator for annotator in stored if annotator not in desired]
+    if gone:
+        connection.execute(labels.delete().where(mine, labels.c.annotator.in_(gone)))
+        changes.removed += len(gone)
+    return changes
+
+
+def exported_labels(connection: Connection) -> list[sa.Row]:
+    """Every label with its image's path and class name, oldest first."""
+    query = (
+        sa.select(
+            images.c.id.label("image_id"), images.c.path, classes.c.name.label("label"), labels.c.source,
+            labels.c.annotator, labels.c.created_at,
+        )
+        .join(images, images.c.id == labels.c.image_id)
+        .join(classes, classes.c.id == labels.c.class_id)
+        .order_by(labels.c.created_at, labels.c.id)
+    )
+    return list(connection.execute(query))
