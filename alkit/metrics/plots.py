@@ -6,7 +6,9 @@ importing alkit.metrics stays cheap and plotting works without a display.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -22,16 +24,31 @@ def _pyplot():
     return plt
 
 
-def plot_reliability(bin_stats: ReliabilityBins, path: str | Path, title: str = "Reliability") -> Path:
-    """Bar chart of accuracy per confidence bin against the diagonal, with the ECE in the title."""
+PNG_DPI = 100
+
+
+@contextmanager
+def _png_figure(path: str | Path, figsize: tuple[float, float], panels: int = 1) -> Iterator[tuple]:
+    """`(plt, figure, axes)` for drawing; on success the figure is written to `path` as PNG.
+    The figure is closed either way (matplotlib keeps open figures alive)."""
     plt = _pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    figure, axes = plt.subplots(1, panels, figsize=figsize)
+    try:
+        yield plt, figure, axes
+        figure.tight_layout()
+        figure.savefig(path, format="png", dpi=PNG_DPI)
+    finally:
+        plt.close(figure)
+
+
+def plot_reliability(bin_stats: ReliabilityBins, path: str | Path, title: str = "Reliability") -> Path:
+    """Bar chart of accuracy per confidence bin against the diagonal, with the ECE in the title."""
     edges = bin_stats.edges
     widths = np.diff(edges)
     filled = bin_stats.counts > 0
-    figure, axis = plt.subplots(figsize=(4.5, 4.5))
-    try:
+    with _png_figure(path, (4.5, 4.5)) as (plt, figure, axis):
         axis.bar(edges[:-1][filled], bin_stats.accuracy[filled], width=widths[filled], align="edge",
                  edgecolor="black", color="tab:blue", label="accuracy")
         axis.bar(edges[:-1][filled], (bin_stats.confidence - bin_stats.accuracy)[filled], width=widths[filled],
@@ -43,22 +60,14 @@ def plot_reliability(bin_stats: ReliabilityBins, path: str | Path, title: str = 
         axis.set_ylabel("accuracy")
         axis.set_title(f"{title} (ECE {ece_from_bins(bin_stats):.3f}, {len(widths)} bins)", fontsize=10)
         axis.legend(loc="upper left")
-        figure.tight_layout()
-        figure.savefig(path, format="png", dpi=100)
-    finally:
-        plt.close(figure)
-    return path
+    return Path(path)
 
 
 def plot_learning_curves(
     curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, metric: str = "accuracy"
 ) -> Path:
     """One line per strategy: `curves[name] = (labels (R,), metric (R,))`, labels on the x-axis."""
-    plt = _pyplot()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure, axis = plt.subplots(figsize=(6, 4))
-    try:
+    with _png_figure(path, (6, 4)) as (plt, figure, axis):
         for name, (labels, values) in curves.items():
             axis.plot(np.asarray(labels), np.asarray(values), marker="o", markersize=3, label=name)
         axis.set_xlabel("labels")
@@ -66,11 +75,7 @@ def plot_learning_curves(
         axis.grid(alpha=0.3)
         if curves:
             axis.legend()
-        figure.tight_layout()
-        figure.savefig(path, format="png", dpi=100)
-    finally:
-        plt.close(figure)
-    return path
+    return Path(path)
 
 
 def plot_learning_curve_bands(
@@ -82,11 +87,7 @@ def plot_learning_curve_bands(
     `reference_lines` draws horizontal dashed lines (e.g. the zero-shot accuracy and the
     linear-probe ceiling) so the curves can be read against what is reachable.
     """
-    plt = _pyplot()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure, axis = plt.subplots(figsize=(6.5, 4.2))
-    try:
+    with _png_figure(path, (6.5, 4.2)) as (plt, figure, axis):
         for name, (labels, values) in curves.items():
             values = np.atleast_2d(np.asarray(values, dtype=float))
             labels = np.asarray(labels)
@@ -104,11 +105,7 @@ def plot_learning_curve_bands(
         axis.grid(alpha=0.3)
         if curves or reference_lines:
             axis.legend(fontsize=8)
-        figure.tight_layout()
-        figure.savefig(path, format="png", dpi=100)
-    finally:
-        plt.close(figure)
-    return path
+    return Path(path)
 
 
 def plot_metric_history(points: list[dict], path: str | Path, metrics: tuple[tuple[str, str], ...]) -> Path:
@@ -117,12 +114,8 @@ def plot_metric_history(points: list[dict], path: str | Path, metrics: tuple[tup
     `points` are evaluation records (`labels_used` plus the metric keys), in the order they
     were recorded; points with `labels_used == 0` are drawn as stars ("zero-shot").
     """
-    plt = _pyplot()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure, axes = plt.subplots(1, len(metrics), figsize=(4.0 * len(metrics), 3.6))
-    axes = np.atleast_1d(axes)
-    try:
+    with _png_figure(path, (4.0 * len(metrics), 3.6), panels=len(metrics)) as (plt, figure, axes):
+        axes = np.atleast_1d(axes)
         labels = np.array([p["labels_used"] for p in points], dtype=float)
         zero_shot = labels == 0
         for axis, (key, title) in zip(axes, metrics):
@@ -135,21 +128,13 @@ def plot_metric_history(points: list[dict], path: str | Path, metrics: tuple[tup
             axis.set_xlabel("labels used by the posterior")
             axis.set_title(title)
             axis.grid(alpha=0.3)
-        figure.tight_layout()
-        figure.savefig(path, format="png", dpi=100)
-    finally:
-        plt.close(figure)
-    return path
+    return Path(path)
 
 
 def plot_confusion_matrix(matrix: np.ndarray, class_names: list[str], path: str | Path, title: str) -> Path:
     """Counts (true class rows, predicted class columns) as a heat map with the numbers written in."""
-    plt = _pyplot()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     size = max(4.5, 0.45 * len(class_names) + 2)
-    figure, axis = plt.subplots(figsize=(size, size))
-    try:
+    with _png_figure(path, (size, size)) as (plt, figure, axis):
         axis.imshow(matrix, cmap="Blues")
         ticks = np.arange(len(class_names))
         axis.set_xticks(ticks, class_names, rotation=90, fontsize=8)
@@ -163,21 +148,13 @@ def plot_confusion_matrix(matrix: np.ndarray, class_names: list[str], path: str 
                 if count:
                     axis.text(column, row, str(int(count)), ha="center", va="center", fontsize=7,
                               color="white" if count > high / 2 else "black")
-        figure.tight_layout()
-        figure.savefig(path, format="png", dpi=100)
-    finally:
-        plt.close(figure)
-    return path
+    return Path(path)
 
 
 def plot_class_balance(counts: np.ndarray, class_names: list[str], round_names: list[str], path: str | Path) -> Path:
     """Cumulative labels per class after each round: `counts (R, K)`, one group of bars per class."""
-    plt = _pyplot()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     num_rounds, num_classes = counts.shape
-    figure, axis = plt.subplots(figsize=(max(6.0, 0.5 * num_classes * max(1, num_rounds) ** 0.5 + 2), 4.0))
-    try:
+    with _png_figure(path, (max(6.0, 0.5 * num_classes * max(1, num_rounds) ** 0.5 + 2), 4.0)) as (plt, figure, axis):
         width = 0.8 / max(1, num_rounds)
         positions = np.arange(num_classes)
         for index in range(num_rounds):
@@ -187,21 +164,13 @@ def plot_class_balance(counts: np.ndarray, class_names: list[str], round_names: 
         axis.set_ylabel("labels (cumulative)")
         axis.grid(alpha=0.3, axis="y")
         axis.legend(fontsize=8, ncols=min(4, num_rounds))
-        figure.tight_layout()
-        figure.savefig(path, format="png", dpi=100)
-    finally:
-        plt.close(figure)
-    return path
+    return Path(path)
 
 
 def plot_score_distributions(pool_scores: np.ndarray, batch_scores: np.ndarray, path: str | Path, title: str,
                              score_name: str) -> Path:
     """Histogram of the pool's acquisition scores with the selected batch's scores on top (density)."""
-    plt = _pyplot()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure, axis = plt.subplots(figsize=(4.6, 3.2))
-    try:
+    with _png_figure(path, (4.6, 3.2)) as (plt, figure, axis):
         values = np.concatenate([pool_scores, batch_scores]) if len(batch_scores) else pool_scores
         edges = np.histogram_bin_edges(values, bins=30) if len(values) else np.linspace(0, 1, 31)
         if len(pool_scores):
@@ -214,8 +183,4 @@ def plot_score_distributions(pool_scores: np.ndarray, batch_scores: np.ndarray, 
         axis.set_ylabel("density")
         axis.set_title(title, fontsize=10)
         axis.legend(fontsize=8)
-        figure.tight_layout()
-        figure.savefig(path, format="png", dpi=100)
-    finally:
-        plt.close(figure)
-    return path
+    return Path(path)
