@@ -315,7 +315,8 @@ def _read(directory: Path) -> SuiteData:
     from alkit.project import open_project
     from alkit.storage.pool import resolved_labels
     from alkit.storage.schema import images
-    from alkit.storage.vectors import current_spec, load_vectors
+    from alkit.storage.specs import current_spec
+    from alkit.storage.vectors import load_vectors
 
     meta = json.loads((directory / "meta.json").read_text())
     project = open_project(directory / "template")

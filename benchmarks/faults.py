@@ -86,14 +86,14 @@ def kill_select(work: Path, images: list, npz: Path, csv: Path, clean: dict, see
 
 
 def disk_full(work: Path, images: list, npz: Path, clean: dict) -> tuple[bool, int, int]:
-    import alkit.storage.vectors as vectors
+    import alkit.storage.shards as shards
     from typer.testing import CliRunner
 
     from alkit_cli.main import app
 
     directory = work / "diskfull"
     init_pool(directory, images[:40])
-    original, calls = vectors.atomic_write, {"n": 0}
+    original, calls = shards.atomic_write, {"n": 0}
 
     def failing(path, write):
         calls["n"] += 1
@@ -101,11 +101,11 @@ def disk_full(work: Path, images: list, npz: Path, clean: dict) -> tuple[bool, i
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         return original(path, write)
 
-    vectors.atomic_write = failing
+    shards.atomic_write = failing
     try:
         first = CliRunner().invoke(app, ["--project", str(directory), "embed", "--from", str(npz), "--name", "imported", "--shard-rows", "8"])
     finally:
-        vectors.atomic_write = original
+        shards.atomic_write = original
     second = CliRunner().invoke(app, ["--project", str(directory), "embed", "--from", str(npz), "--name", "imported", "--shard-rows", "8"])
     lost, dup = compare(clean, snapshot(directory))
     ok = first.exit_code == 3 and "No space left" in first.stderr and second.exit_code == 0 and not check_invariants(directory)

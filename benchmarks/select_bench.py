@@ -42,7 +42,8 @@ def build_project(directory: Path, num_items: int, dim: int, num_classes: int, n
     import sqlalchemy as sa
 
     from alkit.project import init_project, open_project
-    from alkit.storage import vectors as V
+    from alkit.storage import shards, specs
+    from alkit.storage.spec_files import save_tensors
     from alkit.storage.db import utcnow
     from alkit.storage.schema import images
     from alkit.workflows.classes import set_classes
@@ -69,19 +70,19 @@ def build_project(directory: Path, num_items: int, dim: int, num_classes: int, n
                      added_at=now, updated_at=now) for i in range(start, stop)
             ])
         ids = np.asarray(sorted(connection.execute(sa.select(images.c.id)).scalars()), dtype=np.int64)
-        spec = V.ensure_spec(connection, "bench" + "0" * 27, "imported", "bench", {"dim": dim}, dim=dim, phi_dim=None)
-        V.set_current(connection, spec.id)
-    directory_v = V.spec_directory(project, spec.key)
+        spec = specs.ensure_spec(connection, "bench" + "0" * 27, "imported", "bench", {"dim": dim}, dim=dim, phi_dim=None)
+        specs.set_current(connection, spec.id)
+    directory_v = specs.spec_directory(project, spec.key)
     truth = rng.integers(0, num_classes, num_items)
     for shard, start in enumerate(range(0, num_items, 100_000), start=1):
         stop = min(num_items, start + 100_000)
         x = centres[truth[start:stop]] + 0.06 * rng.standard_normal((stop - start, dim), dtype=np.float32)
         x /= np.linalg.norm(x, axis=1, keepdims=True)
-        V.write_shard(directory_v, shard, {"embedding": x})
+        shards.write_shard(directory_v, shard, {"embedding": x})
         with project.engine.begin() as connection:
-            V.record_shard(connection, spec.id, shard, ids[start:stop])
+            shards.record_shard(connection, spec.id, shard, ids[start:stop])
     _, _, classes_key = _class_list(project)
-    V.save_tensors(text_features_path(project, spec.key, classes_key), {"text_emb": centres}, metadata={"classes_key": classes_key})
+    save_tensors(text_features_path(project, spec.key, classes_key), {"text_emb": centres}, metadata={"classes_key": classes_key})
     labelled = rng.choice(num_items, num_labels, replace=False)
     csv = directory / "labels.csv"
     labelled = labelled[labelled > 0]

@@ -165,7 +165,8 @@ def vectors_by_path(project_dir: Path) -> dict[str, np.ndarray]:
     """Every stored embedding of the current spec, by image path."""
     from alkit.project import open_project
     from alkit.storage.schema import images
-    from alkit.storage.vectors import current_spec, load_vectors
+    from alkit.storage.specs import current_spec
+    from alkit.storage.vectors import load_vectors
     import sqlalchemy as sa
 
     project = open_project(Path(project_dir))

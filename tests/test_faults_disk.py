@@ -80,9 +80,9 @@ def test_locked_database_shorter_than_the_busy_timeout_is_waited_for(cli, tmp_pa
 
 def _failing_atomic_write(monkeypatch, code: int, fail_on: int):
     """Make the `fail_on`-th atomic write die half-way with OSError(code), like a full disk."""
-    import alkit.storage.vectors as vectors
+    import alkit.storage.shards as shards
 
-    original = vectors.atomic_write
+    original = shards.atomic_write
     calls = {"n": 0}
 
     def atomic_write(path, write):
@@ -96,7 +96,7 @@ def _failing_atomic_write(monkeypatch, code: int, fail_on: int):
 
         return original(path, half)
 
-    monkeypatch.setattr(vectors, "atomic_write", atomic_write)
+    monkeypatch.setattr(shards, "atomic_write", atomic_write)
     return calls
 
 

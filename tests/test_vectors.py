@@ -6,6 +6,8 @@ import sqlalchemy as sa
 
 from alkit.errors import LockedError, StateError
 from alkit.storage.schema import embeddings
+from alkit.storage import shards
+from alkit.storage import specs
 from alkit.storage import vectors as V
 from alkit.workflows.ingest import add_images
 
@@ -14,23 +16,23 @@ from alkit.workflows.ingest import add_images
 def spec(project, make_images):
     add_images(project, [str(p) for p in make_images(7)], show_progress=False)
     with project.engine.begin() as connection:
-        row = V.ensure_spec(connection, "k" * 32, "imported", "test", {}, dim=4, phi_dim=3)
-        V.set_current(connection, row.id)
+        row = specs.ensure_spec(connection, "k" * 32, "imported", "test", {}, dim=4, phi_dim=3)
+        specs.set_current(connection, row.id)
     return row
 
 
 def _store(project, spec, shard, ids, rng):
-    directory = V.spec_directory(project, spec.key)
+    directory = specs.spec_directory(project, spec.key)
     emb, phi = rng.normal(size=(len(ids), 4)), rng.normal(size=(len(ids), 3))
-    V.write_shard(directory, shard, {"embedding": emb, "phi": phi})
+    shards.write_shard(directory, shard, {"embedding": emb, "phi": phi})
     with project.engine.begin() as connection:
-        V.record_shard(connection, spec.id, shard, ids)
+        shards.record_shard(connection, spec.id, shard, ids)
     return emb, phi
 
 
 def test_current_spec_missing_is_a_state_error(project):
     with project.engine.connect() as connection, pytest.raises(StateError, match="run alkit embed"):
-        V.current_spec(connection)
+        specs.current_spec(connection)
 
 
 def test_round_trip_across_shards_with_filters_and_chunks(project, spec):
@@ -38,7 +40,7 @@ def test_round_trip_across_shards_with_filters_and_chunks(project, spec):
     e1, p1 = _store(project, spec, 1, [5, 1, 3], rng)
     e2, p2 = _store(project, spec, 2, [2, 7], rng)
     with project.engine.connect() as connection:
-        assert V.current_spec(connection).id == spec.id
+        assert specs.current_spec(connection).id == spec.id
     ids, vectors = V.load_vectors(project, spec.id)
     expected = {5: e1[0], 1: e1[1], 3: e1[2], 2: e2[0], 7: e2[1]}
     assert ids.tolist() == [1, 2, 3, 5, 7] and vectors.dtype == np.float32
@@ -55,13 +57,13 @@ def test_round_trip_across_shards_with_filters_and_chunks(project, spec):
 def test_orphan_shards_are_collected_and_numbers_never_reused(project, spec):
     rng = np.random.default_rng(1)
     _store(project, spec, 1, [1, 2], rng)
-    directory = V.spec_directory(project, spec.key)
-    V.write_shard(directory, 2, {"embedding": np.ones((2, 4))})  # killed before its rows
+    directory = specs.spec_directory(project, spec.key)
+    shards.write_shard(directory, 2, {"embedding": np.ones((2, 4))})  # killed before its rows
     (directory / ".tmp-99-00000003.embedding.npy").write_bytes(b"half")
     with project.engine.begin() as connection:
-        assert V.next_shard(connection, spec.id, directory) == 3
-        assert V.collect_garbage(connection, spec.id, directory) == 2
-        assert V.next_shard(connection, spec.id, directory) == 2
+        assert shards.next_shard(connection, spec.id, directory) == 3
+        assert shards.collect_garbage(connection, spec.id, directory) == 2
+        assert shards.next_shard(connection, spec.id, directory) == 2
     assert sorted(p.name for p in directory.glob("*.npy")) == ["00000001.embedding.npy", "00000001.phi.npy"]
     with project.engine.connect() as connection:
         assert connection.execute(sa.select(sa.func.count()).select_from(embeddings)).scalar() == 2
@@ -70,23 +72,23 @@ def test_orphan_shards_are_collected_and_numbers_never_reused(project, spec):
 def test_record_shard_ignores_duplicates(project, spec):
     _store(project, spec, 1, [1, 2], np.random.default_rng(2))
     with project.engine.begin() as connection:
-        assert V.record_shard(connection, spec.id, 2, [2, 3]) == 1
+        assert shards.record_shard(connection, spec.id, 2, [2, 3]) == 1
 
 
 def test_spec_lock_is_exclusive(project, spec):
-    directory = V.spec_directory(project, spec.key)
-    with V.spec_lock(directory):
+    directory = specs.spec_directory(project, spec.key)
+    with shards.spec_lock(directory):
         # flock is per open file description: a second open in this process conflicts too
         with pytest.raises(LockedError, match="another alkit process"):
-            with V.spec_lock(directory):
+            with shards.spec_lock(directory):
                 pass
-    with V.spec_lock(directory):
+    with shards.spec_lock(directory):
         pass
 
 
 def test_imported_spec_has_no_phi_when_phi_dim_missing(project):
     with project.engine.begin() as connection:
-        row = V.ensure_spec(connection, "x" * 32, "imported", "nophi", {}, dim=4, phi_dim=None)
+        row = specs.ensure_spec(connection, "x" * 32, "imported", "nophi", {}, dim=4, phi_dim=None)
     with pytest.raises(StateError, match="no phi vectors"):
         V.load_vectors(project, row.id, kind="phi")
 
@@ -109,16 +111,16 @@ def test_bulk_reads_equal_a_per_id_reference(project, monkeypatch, dense_span):
     monkeypatch.setattr(V, "IN_LIST_IDS", 7)  # several IN lists per read
     all_ids = _register_rows(project, 300)
     with project.engine.begin() as connection:
-        spec = V.ensure_spec(connection, "b" * 32, "imported", "bulk", {}, dim=5, phi_dim=None)
+        spec = specs.ensure_spec(connection, "b" * 32, "imported", "bulk", {}, dim=5, phi_dim=None)
     rng = np.random.default_rng(3)
     stored = [i for i in all_ids if i % 11 != 0]  # some images have no vectors
     scrambled = rng.permutation(stored[:120]).tolist()  # a shard written in random id order
     reference = {}
     for shard, ids in enumerate([scrambled, stored[120:200], stored[200:]], start=1):
         values = rng.normal(size=(len(ids), 5))
-        V.write_shard(V.spec_directory(project, spec.key), shard, {"embedding": values})
+        shards.write_shard(specs.spec_directory(project, spec.key), shard, {"embedding": values})
         with project.engine.begin() as connection:
-            V.record_shard(connection, spec.id, shard, ids)
+            shards.record_shard(connection, spec.id, shard, ids)
         reference.update(zip(ids, values.astype(np.float16).astype(np.float32)))
 
     def expect(wanted):

@@ -1,193 +1,26 @@
-"""Vector storage: float16 `.npy` shards memory-mapped on read; the database says which rows
-are complete.
-
-Layout under `<project>/.alkit/vectors/<spec key>/`:
-    00000001.embedding.npy   (n, D) float16, unit-norm image embeddings
-    00000001.phi.npy         (n, d) float16, input of the image projection (open_clip specs)
-    projections.safetensors  P (d, D), Q (d_t, D), [P_bias, Q_bias], logit_scale (log s), [logit_bias]
-    text-<classes key>.safetensors   text_emb (K, D) unit-norm, [psi (K, d_t)] for one class list
-    lock                     held (flock) by the one process writing this spec
-
-Crash safety: a shard is written to a temporary name, fsynced and renamed, and only then are
-its `embeddings` rows (spec_id, image_id, shard, row) inserted in one transaction. A shard
-file without rows (killed between the two steps) is deleted by `collect_garbage` at the next
-run; a row never points at a missing or half-written file.
-
-Concurrent writers: on SQLite one process writes a spec at a time (`spec_lock`, a flock on
-the folder). On PostgreSQL several processes (on one or more hosts sharing the project
-folder) may embed the same spec at once: each claims pending images with
-`SELECT ... FOR NO KEY UPDATE SKIP LOCKED` (see `alkit.workflows.embed`) and holds the claim
-until the transaction that records their rows commits; shard numbering, shard writing and
-`collect_garbage` are serialised by a transaction-scoped advisory lock per spec
-(`lock_spec_writes`), so a fresh shard is never collected and two writers never pick the
-same number.
+"""Reading stored vectors: one spec's float16 shards memory-mapped, gathered in the order
+asked for and widened to float32; the database's `embeddings` rows say which rows are
+complete (writing: `alkit.storage.shards`, spec rows: `alkit.storage.specs`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import re
 import sys
-import time
 from pathlib import Path
-from typing import Iterable, Iterator, NamedTuple
+from typing import Iterable, Iterator
 
 import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from alkit.atomic import atomic_write
-from alkit.errors import IntegrityError, LockedError, StateError
-from alkit.storage.db import utcnow
-from alkit.storage.pool import insert_ignoring_conflicts
-from alkit.storage.schema import embedding_specs, embeddings, images
+from alkit.errors import IntegrityError, StateError
+from alkit.storage.schema import embeddings, images
+from alkit.storage.shards import VECTOR_KINDS, shard_path
+from alkit.storage.specs import spec_directory, spec_row
 
-VECTOR_KINDS = ("embedding", "phi")
-STORAGE_DTYPE = np.float16
-SHARD_FILE = re.compile(r"^(\d{8})\.(embedding|phi)\.npy$")
-PROJECTIONS_FILE = "projections.safetensors"
-DEFAULT_CHUNK_ROWS = 65_536
+DEFAULT_CHUNK_ROWS = 65_536  # rows per `iter_vector_chunks` chunk: 128 MiB of float32 at D = 512
 IN_LIST_IDS = 10_000  # ids per `IN (...)` list (below every backend's bound-parameter limit)
 DENSE_SPAN = 4  # read an id set as one id range when its span is at most this many times its size
-
-
-# --- specs -------------------------------------------------------------------------------
-
-
-def current_spec(connection: Connection) -> sa.Row:
-    """The embedding spec marked current; StateError when nothing was embedded yet."""
-    row = connection.execute(sa.select(embedding_specs).where(embedding_specs.c.is_current.is_(True))).first()
-    if row is None:
-        raise StateError("no embeddings yet; run alkit embed")
-    return row
-
-
-def spec_row(connection: Connection, spec_id: int) -> sa.Row:
-    row = connection.execute(sa.select(embedding_specs).where(embedding_specs.c.id == spec_id)).first()
-    if row is None:
-        raise StateError(f"no embedding spec with id {spec_id}; `alkit status` lists the specs")
-    return row
-
-
-def ensure_spec(connection: Connection, key: str, kind: str, name: str, spec: dict, dim: int, phi_dim: int | None) -> sa.Row:
-    """The spec row with `key`, created if new (dims of an existing one must agree)."""
-    insert_ignoring_conflicts(
-        connection,
-        embedding_specs,
-        [dict(key=key, kind=kind, name=name, spec=spec, dim=dim, phi_dim=phi_dim, is_current=False, created_at=utcnow())],
-    )
-    row = connection.execute(sa.select(embedding_specs).where(embedding_specs.c.key == key)).one()
-    if row.dim != dim:
-        raise IntegrityError(f"embedding spec {row.name!r} stores {row.dim}-dim vectors, got {dim}; use another --name")
-    return row
-
-
-def set_current(connection: Connection, spec_id: int) -> None:
-    connection.execute(embedding_specs.update().where(embedding_specs.c.id != spec_id).values(is_current=False))
-    connection.execute(embedding_specs.update().where(embedding_specs.c.id == spec_id).values(is_current=True))
-
-
-def spec_directory(project, key: str) -> Path:
-    directory = project.artefact_path("vectors", key, PROJECTIONS_FILE).parent
-    return directory
-
-
-# --- writing -----------------------------------------------------------------------------
-
-
-def shard_path(directory: Path, shard: int, kind: str) -> Path:
-    return directory / f"{shard:08d}.{kind}.npy"
-
-
-def write_shard(directory: Path, shard: int, arrays: dict[str, np.ndarray]) -> None:
-    """Write each kind's (n, *) array as a float16 .npy shard, durably, before any DB row."""
-    lengths = {len(array) for array in arrays.values()}
-    if len(lengths) != 1:
-        raise ValueError(f"shard arrays differ in length: {sorted(lengths)}")
-    for kind, array in arrays.items():
-        data = np.ascontiguousarray(array, dtype=STORAGE_DTYPE)
-        atomic_write(shard_path(directory, shard, kind), lambda handle, data=data: np.save(handle, data))
-
-
-def record_shard(connection: Connection, spec_id: int, shard: int, image_ids: Iterable[int]) -> int:
-    """Insert one row per image of a written shard; returns rows inserted."""
-    now = utcnow()
-    rows = [dict(spec_id=spec_id, image_id=int(i), shard=shard, row=r, created_at=now) for r, i in enumerate(image_ids)]
-    return insert_ignoring_conflicts(connection, embeddings, rows)
-
-
-def next_shard(connection: Connection, spec_id: int, directory: Path) -> int:
-    in_db = connection.execute(sa.select(sa.func.max(embeddings.c.shard)).where(embeddings.c.spec_id == spec_id)).scalar()
-    on_disk = [int(m.group(1)) for m in map(SHARD_FILE.match, os.listdir(directory)) if m]
-    return max([int(in_db or 0), *on_disk]) + 1
-
-
-ADVISORY_NAMESPACE = 0x616C6B  # "alk": first key of alkit's PostgreSQL advisory locks
-STALE_TEMPORARY_SECONDS = 3600.0
-
-
-def concurrent_writers(connection_or_engine) -> bool:
-    """True where several processes may write one spec at once (PostgreSQL)."""
-    return connection_or_engine.dialect.name == "postgresql"
-
-
-def lock_spec_writes(connection: Connection, spec_id: int) -> None:
-    """On PostgreSQL, wait for the spec's write lock until this transaction ends; shard
-    numbering, shard files and their rows happen under it. A no-op elsewhere (the
-    single writer holds `spec_lock`)."""
-    if concurrent_writers(connection):
-        connection.execute(sa.text("SELECT pg_advisory_xact_lock(:namespace, :spec)"), {"namespace": ADVISORY_NAMESPACE, "spec": int(spec_id)})
-
-
-def _is_stale_temporary(directory: Path, name: str, concurrent: bool) -> bool:
-    """Shard temporaries are written under the write lock, so any one seen while holding it
-    is dead. Other temporaries (projections, text features) are written without it: with
-    concurrent writers they are removed only once old."""
-    if not name.startswith(".tmp-"):
-        return False
-    if not concurrent or SHARD_FILE.match(name.split("-", 2)[-1]):
-        return True
-    with contextlib.suppress(FileNotFoundError):
-        return time.time() - os.stat(directory / name).st_mtime > STALE_TEMPORARY_SECONDS
-    return False
-
-
-def collect_garbage(connection: Connection, spec_id: int, directory: Path) -> int:
-    """Delete shard files no row points at, and temporary files; returns files deleted.
-
-    Call only while holding `spec_lock` (SQLite): another writer's fresh shard has no rows
-    yet. On PostgreSQL it takes the spec's write lock itself (until the transaction ends).
-    """
-    lock_spec_writes(connection, spec_id)
-    concurrent = concurrent_writers(connection)
-    used = set(connection.execute(sa.select(embeddings.c.shard).where(embeddings.c.spec_id == spec_id).distinct()).scalars())
-    deleted = 0
-    for name in os.listdir(directory):
-        match = SHARD_FILE.match(name)
-        if _is_stale_temporary(directory, name, concurrent) or (match and int(match.group(1)) not in used):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(directory / name)
-                deleted += 1
-    return deleted
-
-
-@contextlib.contextmanager
-def spec_lock(directory: Path) -> Iterator[None]:
-    """Exclusive, non-blocking lock on one spec's folder (released when the process dies)."""
-    import fcntl
-
-    handle = open(directory / "lock", "a+")
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LockedError(
-                f"another alkit process is writing vectors in {directory}; wait for it to finish or stop it"
-            ) from None
-        yield
-    finally:
-        handle.close()
 
 
 # --- reading -----------------------------------------------------------------------------
@@ -389,34 +222,3 @@ def iter_vector_chunks(
         ids, shards, positions = _columns(table)
         yield ids, reader.gather(shards, positions)
         last = int(ids[-1])
-
-
-# --- small tensor files (projections, text features) -------------------------------------
-
-
-def save_tensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
-    from safetensors.numpy import save
-
-    data = save({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}, metadata=metadata)
-    atomic_write(path, lambda handle: handle.write(data))
-
-
-def load_tensors(path: Path) -> dict[str, np.ndarray]:
-    from safetensors.numpy import load_file
-
-    return load_file(str(path))
-
-
-class TextFeatures(NamedTuple):
-    """Class-prompt text features of one spec for one class list (any may be None).
-
-    text_emb (K, D) unit-norm; psi (K, d_t) input of the text projection; P (d, D) image
-    projection and Q (d_t, D) text projection in open_clip's layout (g = phi @ P,
-    h = psi @ Q); logit_scale is open_clip's raw parameter, s = exp(logit_scale).
-    """
-
-    text_emb: np.ndarray | None
-    psi: np.ndarray | None
-    P: np.ndarray | None
-    Q: np.ndarray | None
-    logit_scale: float | None

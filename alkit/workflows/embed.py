@@ -33,26 +33,18 @@ from alkit.project import Project
 from alkit.storage.db import utcnow
 from alkit.storage.pool import class_rows
 from alkit.storage.schema import ImageStatus, embedding_specs, embeddings, images
-from alkit.storage.vectors import (  # noqa: F401  (re-exported library API)
-    PROJECTIONS_FILE,
-    TextFeatures,
+from alkit.storage.shards import (
     collect_garbage,
     concurrent_writers,
-    current_spec,
-    ensure_spec,
-    iter_vector_chunks,
-    load_tensors,
-    load_vectors,
     lock_spec_writes,
     next_shard,
     record_shard,
-    save_tensors,
-    set_current,
-    spec_directory,
     spec_lock,
-    spec_row,
     write_shard,
 )
+from alkit.storage.spec_files import PROJECTIONS_FILE, TextFeatures, load_tensors, save_tensors
+from alkit.storage.specs import current_spec, ensure_spec, set_current, spec_directory, spec_row
+from alkit.storage.vectors import iter_vector_chunks, load_vectors  # noqa: F401  (re-exported library API)
 
 SHARD_ROWS = 1024  # images per shard file and per DB transaction
 FLUSH_SECONDS = 30.0  # ... or fewer, so a kill loses at most this much work

@@ -92,7 +92,7 @@ def jsonable(value):
 
 
 def pool_context(project: Project) -> PoolContext:
-    from alkit.storage.vectors import current_spec
+    from alkit.storage.specs import current_spec
     from alkit.workflows.classes import classes_key
     from alkit.workflows.embed import load_text_features
 

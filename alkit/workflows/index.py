@@ -51,7 +51,8 @@ def _stored_or_default_settings(directory: Path):
 def ensure_project_index(project: Project, spec=None, settings=None):
     """(EnsuredIndex, spec): the index of `spec` (default: current) covering all its vectors."""
     from alkit.retrieval.store import ensure_index
-    from alkit.storage.vectors import current_spec, embedded_image_ids, load_vectors_in_order
+    from alkit.storage.specs import current_spec
+    from alkit.storage.vectors import embedded_image_ids, load_vectors_in_order
 
     if spec is None:
         with project.engine.connect() as connection:
@@ -98,7 +99,8 @@ def search_index(project: Project, spec, queries: np.ndarray, k: int) -> tuple[n
 def similar(project: Project, image: str | None = None, text: str | None = None, image_id: int | None = None,
             k: int = 20) -> list[dict]:
     """Nearest pool neighbours of one query (an image file, a text, or a stored image id)."""
-    from alkit.storage.vectors import current_spec, load_vectors
+    from alkit.storage.specs import current_spec
+    from alkit.storage.vectors import load_vectors
     from alkit.workflows.retrieve import image_vectors, text_vectors
 
     if sum(x is not None for x in (image, text, image_id)) != 1:
@@ -126,7 +128,8 @@ def similar(project: Project, image: str | None = None, text: str | None = None,
 def near_duplicates(project: Project, threshold: float = 0.95) -> list[dict]:
     """Clusters of images whose embeddings have cosine >= threshold (exact search)."""
     from alkit.retrieval.dedup import near_duplicate_clusters
-    from alkit.storage.vectors import current_spec, load_vectors
+    from alkit.storage.specs import current_spec
+    from alkit.storage.vectors import load_vectors
 
     with project.engine.connect() as connection:
         spec = current_spec(connection)
