@@ -98,20 +98,13 @@ def _coerce_type(spec: SettingSpec, raw: Any, origin: str) -> Any:
             return raw
         if isinstance(raw, str) and raw.lower() in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
             return raw.lower() in {"1", "true", "yes", "on"}
-    elif spec.type is int:
-        if isinstance(raw, int) and not isinstance(raw, bool):
-            return raw
+    elif spec.type in (int, float):
+        accepted = (int,) if spec.type is int else (int, float)  # an int setting refuses 2.5 rather than round it
+        if isinstance(raw, accepted) and not isinstance(raw, bool):
+            return spec.type(raw)
         if isinstance(raw, str):
             try:
-                return int(raw)
-            except ValueError:
-                pass
-    elif spec.type is float:
-        if isinstance(raw, (int, float)) and not isinstance(raw, bool):
-            return float(raw)
-        if isinstance(raw, str):
-            try:
-                return float(raw)
+                return spec.type(raw)
             except ValueError:
                 pass
     elif spec.type is str:
