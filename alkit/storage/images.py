@@ -51,6 +51,7 @@ def existing_ids(connection: Connection, image_ids: Iterable[int]) -> set[int]:
 
 
 def paths_by_id(connection: Connection, image_ids: Iterable[int]) -> dict[int, str]:
+    """id -> path for those of `image_ids` that are images of the pool."""
     return dict(connection.execute(sa.select(images.c.id, images.c.path).where(images.c.id.in_(list(image_ids)))).all())
 
 
@@ -87,9 +88,12 @@ def mark_pushed(connection: Connection, image_ids: list[int]) -> None:
 
 def unlabel(connection: Connection, image_ids: Iterable[int]) -> None:
     """`labeled` images whose every label was withdrawn wait in Label Studio again (`pushed`)."""
+    image_ids = list(image_ids)
+    if not image_ids:
+        return
     connection.execute(
         images.update()
-        .where(images.c.id.in_(list(image_ids)), images.c.status == ImageStatus.LABELED)
+        .where(images.c.id.in_(image_ids), images.c.status == ImageStatus.LABELED)
         .values(status=ImageStatus.PUSHED.value, updated_at=utcnow())
     )
 
