@@ -42,7 +42,9 @@ def main() -> None:
     from alkit.storage.schema import images
     from alkit.workflows.classes import set_classes
     from alkit.workflows.ingest import add_images
-    from alkit.workflows.labelstudio import connect, pull_annotations, push_round
+    from alkit.workflows.ls_connect import connect
+    from alkit.workflows.pull import pull_annotations
+    from alkit.workflows.push import push_round
     from benchmarks.ingest import generate
 
     with tempfile.TemporaryDirectory() as tmp:

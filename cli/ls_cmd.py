@@ -40,7 +40,7 @@ def connect(
     """Check URL, token, images and labeling config; create or check the project; store url and project id in alkit.toml."""
     from alkit.labelstudio.client import LabelStudioClient
     from alkit.settings import label_studio_token
-    from alkit.workflows.labelstudio import connect as connect_project
+    from alkit.workflows.ls_connect import connect as connect_project
 
     project = ctx.obj.project()
     client = LabelStudioClient(url, label_studio_token(token))
@@ -72,22 +72,12 @@ def serve_webhook(
     token: Optional[str] = typer.Option(None, "--token", help=TOKEN_HELP),
 ) -> None:
     """Receive ANNOTATION_CREATED/UPDATED webhooks: mark labels pending and trigger a pull (a hint; sync polls anyway)."""
-    from alkit.errors import LockedError
-    from alkit.locking import project_lock
-    from alkit.workflows.labelstudio import PullTrigger, client_for, make_webhook_server, pull_annotations
+    from alkit.labelstudio.background import PullTrigger
+    from alkit.workflows.ls_project import client_for
+    from alkit.workflows.ls_serve import make_webhook_server, pull_on_event
 
     project = ctx.obj.project()
-    client = client_for(project, token) if pull else None
-
-    def run_pull() -> None:
-        try:
-            with project_lock(project, "labelstudio"):
-                result = pull_annotations(project, client)
-            note(f"pulled: {result.new_labels} label changes, {result.images_labeled} images labelled")
-        except LockedError:
-            note("pull skipped: another alkit process holds the lock (the labels-pending mark stays for it)")
-
-    trigger = PullTrigger(run_pull) if pull else (lambda: None)
+    trigger = PullTrigger(pull_on_event(project, client_for(project, token), note)) if pull else (lambda: None)
     server = make_webhook_server(project, secret or "", host, port, trigger)
     note(f"listening on http://{host}:{server.server_address[1]}/ for Label Studio webhooks; Ctrl-C stops")
     try:
@@ -115,30 +105,18 @@ def serve_backend(
 ) -> None:
     """Serve alkit as a Label Studio ML backend: /health, /setup, /predict (posterior prediction +
     acquisition score), /webhook (annotation events -> pull -> refit, debounced, one at a time)."""
-    from alkit.errors import InputError, LockedError
-    from alkit.locking import project_lock
-    from alkit.workflows.labelstudio import PullTrigger, client_for, make_backend_server, pull_annotations
+    from alkit.errors import InputError
+    from alkit.labelstudio.background import PullTrigger
+    from alkit.workflows.ls_project import client_for
+    from alkit.workflows.ls_serve import make_backend_server, pull_on_event
 
     if bool(user) != bool(password):
         raise InputError("pass both --user and --password (or ALKIT_BACKEND_USER and ALKIT_BACKEND_PASSWORD), or neither")
     project = ctx.obj.project()
     client = client_for(project, token)
-
-    def pull_then_refit() -> None:
-        from alkit.workflows.sync import default_refit
-
-        try:
-            with project_lock(project, "labelstudio"):
-                result = pull_annotations(project, client)
-                note(f"pulled: {result.new_labels} label changes, {result.images_labeled} images labelled")
-                if refit and result.new_labels:
-                    default_refit(project)
-                    note("refitted the posterior")
-        except LockedError:
-            note("pull skipped: another alkit process holds the lock (the labels-pending mark stays for it)")
-
     auth = (user, password) if user else None
-    server = make_backend_server(project, host, port, PullTrigger(pull_then_refit, debounce_s=debounce), auth=auth, client=client)
+    trigger = PullTrigger(pull_on_event(project, client, note, refit=refit), debounce_s=debounce)
+    server = make_backend_server(project, host, port, trigger, auth=auth, client=client)
     auth_note = "basic auth required" if user else "no authentication: bind to 127.0.0.1 or set --user/--password"
     note(f"alkit ML backend on http://{host}:{server.server_address[1]} ({auth_note}); Ctrl-C stops")
     try:
@@ -159,13 +137,9 @@ def push(
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Push a selection round to Label Studio as tasks with predictions (idempotent)."""
-    from alkit.locking import project_lock
-    from alkit.workflows.labelstudio import client_for, push_round
+    from alkit.workflows.push import push as run_push
 
-    project = ctx.obj.project()
-    client = client_for(project, token)
-    with project_lock(project, "labelstudio", wait=wait):
-        result = push_round(project, client, round_id, pre_annotate=pre_annotate)
+    result = run_push(ctx.obj.project(), token, round_id, pre_annotate=pre_annotate, wait=wait)
     if json_output:
         emit_json(result.as_json())
         return
@@ -182,14 +156,10 @@ def pull(
 ) -> None:
     """Fetch new and updated annotations from Label Studio and store them as labels."""
     from alkit.labelstudio.mapping import parse_policy
-    from alkit.locking import project_lock
-    from alkit.workflows.labelstudio import client_for, pull_annotations
+    from alkit.workflows.pull import pull as run_pull
 
     vote_policy = parse_policy(policy)
-    project = ctx.obj.project()
-    client = client_for(project, token)
-    with project_lock(project, "labelstudio", wait=wait):
-        result = pull_annotations(project, client, vote_policy, full=full)
+    result = run_pull(ctx.obj.project(), token, vote_policy, full=full, wait=wait)
     if json_output:
         emit_json(result.as_json())
         return

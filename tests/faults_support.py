@@ -10,8 +10,11 @@
 
 Run as a script, this module is the harness:
 `python tests/faults_support.py harness PATCHES_JSON -- ALKIT_ARGS...` where PATCHES_JSON is
-`{"slow": {"module:attr.path": seconds}, "set": {"module:attr": value}}`. It writes the file
-named by `ALKIT_TEST_READY_FILE` once alkit is imported, then runs the CLI.
+`{"slow": {"module:attr.path": seconds}, "set": {"module:attr": value}, "crash": POINT}`. It
+writes the file named by `ALKIT_TEST_READY_FILE` once alkit is imported, then runs the CLI in
+process. `crash` names one of `CRASH_POINTS`: the process dies there as under `kill -9`
+(`os._exit(137)`), which is how the kill tests stop alkit at an exact step without any hook
+in alkit itself.
 """
 
 from __future__ import annotations
@@ -35,6 +38,20 @@ import numpy as np
 
 HERE = Path(__file__).resolve()
 READY_ENV = "ALKIT_TEST_READY_FILE"
+CRASH_EXIT = 137  # what a shell reports for a process killed by SIGKILL (128 + 9)
+
+# Where a kill test crashes alkit: the function patched, and whether the process dies just
+# before it runs or right after it returns.
+CRASH_POINTS = {
+    # the bulk import reached Label Studio, its task ids are not recorded yet
+    "push_after_import": ("alkit.labelstudio.client:LabelStudioClient.import_tasks", "after"),
+    # sync pulled (committed page by page), nothing after it ran
+    "sync_after_pull": ("alkit.workflows.sync:pull_annotations", "after"),
+    # sync refitted the posterior but did not record the label count it refitted on
+    "sync_after_refit": ("alkit.workflows.sync:default_refit", "after"),
+    # sync selected a round (open), nothing of it pushed
+    "sync_after_select": ("alkit.workflows.sync:push_round", "before"),
+}
 
 
 # -- subprocesses -------------------------------------------------------------------------------
@@ -48,14 +65,19 @@ def child_env(**extra: str) -> dict[str, str]:
 
 
 def alkit_command(project_dir: Path, *args: str, patches: dict | None = None) -> list[str]:
+    """The CLI as a subprocess command line; with `patches`, through the harness (see the module docstring)."""
     if patches is None:
         return [sys.executable, "-m", "alkit_cli.main", "--project", str(project_dir), *map(str, args)]
     return [sys.executable, str(HERE), "harness", json.dumps(patches), "--", "--project", str(project_dir), *map(str, args)]
 
 
-def run_alkit(project_dir: Path, *args: str, env: dict | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
+def run_alkit(
+    project_dir: Path, *args: str, env: dict | None = None, timeout: float = 180, crash: str | None = None
+) -> subprocess.CompletedProcess:
+    """Run the CLI to the end; with `crash` (a key of CRASH_POINTS) it dies there with exit 137."""
+    patches = None if crash is None else {"crash": crash}
     return subprocess.run(
-        alkit_command(project_dir, *args), env=env or child_env(), capture_output=True, text=True, timeout=timeout
+        alkit_command(project_dir, *args, patches=patches), env=env or child_env(), capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -248,7 +270,7 @@ def init_pool(project_dir: Path, image_paths: list, npz: Path | None = None, cla
     """A project with images, classes, optionally imported embeddings and CSV labels (in-process)."""
     from alkit.project import init_project, open_project
     from alkit.workflows.classes import set_classes
-    from alkit.workflows.embed import import_embeddings
+    from alkit.workflows.embed_import import import_embeddings
     from alkit.workflows.ingest import add_images
     from alkit.workflows.labels import import_labels
 
@@ -468,6 +490,21 @@ def _resolve(target: str):
     return owner, name
 
 
+def install_crash(point: str) -> None:
+    """Make this process die (`os._exit(137)`, like `kill -9`: no cleanup, no flush) at `point`."""
+    target, when = CRASH_POINTS[point]
+    owner, name = _resolve(target)
+    original = getattr(owner, name)
+
+    def crashing(*a, **k):
+        if when == "before":
+            os._exit(CRASH_EXIT)
+        original(*a, **k)
+        os._exit(CRASH_EXIT)
+
+    setattr(owner, name, crashing)
+
+
 def _harness(patches: dict, args: list[str]) -> None:
     if os.environ.get("ALKIT_TEST_TINY") == "1":
         from alkit.embedding.tiny import register_config
@@ -487,6 +524,8 @@ def _harness(patches: dict, args: list[str]) -> None:
             return out
 
         setattr(owner, name, slowed)
+    if patches.get("crash"):
+        install_crash(patches["crash"])
     from alkit_cli.main import app
 
     ready = os.environ.get(READY_ENV)

@@ -6,8 +6,9 @@ The server venv and a pre-migrated template data dir are built by
 these tests are part of the suite, not optional extras.
 
 Run as a script, this module is the driver of the subprocess sync tests:
-`python tests/lsserver.py sync PROJECT_DIR BUDGET [SELECT_SLEEP_S]` runs `alkit.workflows.sync.sync`
-with the injected test steps (see `injected_steps`) and prints its JSON summary.
+`python tests/lsserver.py sync PROJECT_DIR BUDGET [SELECT_SLEEP_S] [--crash POINT]` runs
+`alkit.workflows.sync.sync` with the injected test steps (see `injected_steps`) and prints its
+JSON summary; with `--crash`, the process dies at that point (`faults_support.CRASH_POINTS`).
 """
 
 from __future__ import annotations
@@ -275,8 +276,14 @@ def select_first_unlabelled(project, budget: int) -> int | None:
 
 def _main(argv: list[str]) -> int:
     if argv[:1] != ["sync"]:
-        print("usage: lsserver.py sync PROJECT_DIR BUDGET [SELECT_SLEEP_S]", file=sys.stderr)
+        print("usage: lsserver.py sync PROJECT_DIR BUDGET [SELECT_SLEEP_S] [--crash POINT]", file=sys.stderr)
         return 2
+    if "--crash" in argv:
+        from faults_support import install_crash
+
+        at = argv.index("--crash")
+        install_crash(argv[at + 1])
+        argv = argv[:at] + argv[at + 2 :]
     from alkit.errors import AlkitError, LockedError
     from alkit.project import open_project
     from alkit.workflows.sync import sync

@@ -115,7 +115,8 @@ def test_cli_pull_against_an_erroring_server_exits_6_with_one_line(fake_project,
 @pytest.mark.parametrize("mode", ["500", "slow", "reset"])
 def test_failed_pull_is_a_clear_error_then_the_next_pull_is_complete(fake_project, mode):
     from alkit.errors import ExternalServiceError
-    from alkit.workflows.labelstudio import CURSOR_KEY, pull_annotations, read_state
+    from alkit.storage.state import StateKey, read_state
+    from alkit.workflows.pull import pull_annotations
 
     with fake_label_studio(mode=mode, export=EXPORT, slow_s=1.0) as fake:
         project = fake_project(fake.url)
@@ -128,7 +129,7 @@ def test_failed_pull_is_a_clear_error_then_the_next_pull_is_complete(fake_projec
         assert sum("/export" in r for r in fake.requests) == 2  # retried: a GET is idempotent
         assert _labels(project) == []  # nothing half-applied, nothing wrong
         with project.engine.connect() as connection:
-            assert read_state(connection, CURSOR_KEY) is None  # the next pull starts over
+            assert read_state(connection, StateKey.PULL_CURSOR) is None  # the next pull starts over
         fake.mode = "ok"
         result = pull_annotations(project, _client(fake.url))
     assert result.labels_added == 3
@@ -220,7 +221,7 @@ def test_pull_killed_between_pages_then_rerun_has_every_label_once(ls, token_env
     threshold = random.Random(seed).randint(1, 6)
     process = start_alkit(
         cli.project_dir, "pull", "--full",
-        patches={"set": {"alkit.labelstudio.client:PAGE_SIZE": 2}, "slow": {"alkit.workflows.labelstudio:_apply_page": 0.08}},
+        patches={"set": {"alkit.labelstudio.client:PAGE_SIZE": 2}, "slow": {"alkit.workflows.pull:apply_page": 0.08}},
     )
     assert kill_when(process, lambda: _labels_count(cli.project_dir) >= threshold), "pull finished before the kill"
     assert 0 < _labels_count(cli.project_dir) < 8
@@ -313,7 +314,7 @@ def test_sync_killed_at_each_step_then_rerun_equals_a_clean_run(ls, token_env, c
     clean, clean_tasks = clean_sync
     project = _sync_project(cli, ls, make_images, tmp_path)
     pid = project.settings.ls_project_id
-    killed = run_alkit(cli.project_dir, "sync", "--budget", "4", "--json", env=child_env(ALKIT_FAULT=fault))
+    killed = run_alkit(cli.project_dir, "sync", "--budget", "4", "--json", crash=fault)
     assert killed.returncode == 137, killed.stderr
     rerun = cli("sync", "--budget", "4", "--json")
     assert rerun.exit_code == 0, rerun.output
@@ -333,7 +334,8 @@ def test_webhook_burst_every_event_recorded_and_wrong_secrets_rejected(project):
     """60 posts from 12 threads at once, a third with a missing or wrong secret: every good one
     is answered 200 and counted, every bad one 403 and not counted; the pull trigger never
     runs two pulls at once."""
-    from alkit.workflows.labelstudio import PullTrigger, labels_pending, make_webhook_server
+    from alkit.labelstudio.background import PullTrigger
+    from alkit.workflows.ls_serve import labels_pending, make_webhook_server
 
     running, overlaps, calls = [0], [0], [0]
     guard = threading.Lock()

@@ -66,7 +66,10 @@ def fitted_project(ls, token_env, cli, make_images, tmp_path):
 def test_registered_as_ml_backend_label_studio_stores_its_predictions_and_annotations_reach_it(ls, fitted_project, cli):
     from alkit.labelstudio.client import LabelStudioClient
     from alkit.storage.schema import labels, posteriors
-    from alkit.workflows.labelstudio import PullTrigger, make_backend_server, posterior_predictions, pull_annotations
+    from alkit.labelstudio.background import PullTrigger
+    from alkit.workflows.ls_predict import posterior_predictions
+    from alkit.workflows.ls_serve import make_backend_server
+    from alkit.workflows.pull import pull_annotations
     from alkit.workflows.sync import default_refit
 
     project = fitted_project
@@ -138,7 +141,7 @@ def _rows(project, query):
 def test_predict_answers_only_for_pool_images_of_this_project_and_checks_requests(ls, fitted_project):
     from alkit.storage.identity import project_uuid
     from alkit.storage.schema import images
-    from alkit.workflows.labelstudio import make_backend_server
+    from alkit.workflows.ls_serve import make_backend_server
 
     project = fitted_project
     events = []
@@ -188,7 +191,7 @@ def test_predict_answers_only_for_pool_images_of_this_project_and_checks_request
 
 
 def test_webhook_receiver_checks_the_secret_before_the_body(project):
-    from alkit.workflows.labelstudio import make_webhook_server
+    from alkit.workflows.ls_serve import make_webhook_server
 
     events = []
     server = make_webhook_server(project, "s3cret", "127.0.0.1", 0, lambda: events.append(1)).start()

@@ -45,7 +45,8 @@ def test_items_leave_rounds_complete_and_close_the_same_way_on_both_databases(db
     from alkit.storage.db import utcnow
     from alkit.storage.identity import project_uuid
     from alkit.storage.schema import RoundItemOutcome, images, labels, ls_task_events, ls_tasks, rounds
-    from alkit.workflows.rounds import close_round, complete_rounds, release_items, round_progress
+    from alkit.storage.rounds import complete_rounds
+    from alkit.workflows.rounds import close_round, release_items, round_progress
 
     project = db_project
     uuid = project_uuid(project.engine)

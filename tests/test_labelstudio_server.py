@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from faults_support import run_alkit as crash_alkit
 from lsserver import annotate, annotator, connected_project, free_port, project_tasks, select_first_unlabelled
 
 pytestmark = pytest.mark.labelstudio
@@ -163,7 +164,7 @@ def test_killed_between_import_and_bookkeeping_then_rerun(ls, token_env, cli, ma
     project = connected_project(cli, ls, make_images, 5)
     pid = project.settings.ls_project_id
     select_first_unlabelled(project, 5)
-    crashed = run_alkit(cli.project_dir, "push", env_extra={"ALKIT_FAULT": "push_after_import"})
+    crashed = crash_alkit(cli.project_dir, "push", crash="push_after_import")
     assert crashed.returncode == 137, crashed.stderr
     assert rows(project, sa.select(ls_tasks)) == []  # the tasks exist, alkit never recorded them
     assert len(project_tasks(ls.client(), pid)) == 5
@@ -202,7 +203,9 @@ def test_bad_token_missing_project_and_server_down(ls, token_env, cli, make_imag
 def test_webhook_receiver_checks_the_secret_and_triggers_a_pull(ls, token_env, cli, make_images):
     from alkit.labelstudio.client import LabelStudioClient
     from alkit.storage.schema import labels
-    from alkit.workflows.labelstudio import PullTrigger, labels_pending, make_webhook_server, pull_annotations
+    from alkit.labelstudio.background import PullTrigger
+    from alkit.workflows.ls_serve import labels_pending, make_webhook_server
+    from alkit.workflows.pull import pull_annotations
 
     project = connected_project(cli, ls, make_images, 2)
     pid = project.settings.ls_project_id

@@ -119,7 +119,7 @@ def test_two_concurrent_syncs_one_runs_one_says_locked(ls, token_env, cli, make_
 def test_sync_killed_mid_run_is_completed_by_the_next_run(ls, token_env, cli, make_images, fault):
     project = connected_project(cli, ls, make_images, 4)
     pid = project.settings.ls_project_id
-    killed = subprocess.run([*DRIVER, str(cli.project_dir), "3"], env=child_env(ALKIT_FAULT=fault), capture_output=True, text=True, timeout=120)
+    killed = subprocess.run([*DRIVER, str(cli.project_dir), "3", "--crash", fault], env=child_env(), capture_output=True, text=True, timeout=120)
     assert killed.returncode == 137, killed.stderr
     assert round_statuses(project) == ["open"]
     rerun = subprocess.run([*DRIVER, str(cli.project_dir), "3"], env=child_env(), capture_output=True, text=True, timeout=120)

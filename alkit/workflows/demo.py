@@ -194,7 +194,7 @@ class LabelStudioAnnotator:
     def __init__(self, project: Project, url: str, title: str, log: Log, local_files_root: Path | None = None):
         from alkit.labelstudio.client import LabelStudioClient
         from alkit.settings import label_studio_token
-        from alkit.workflows.labelstudio import connect
+        from alkit.workflows.ls_connect import connect
 
         token = label_studio_token()
         if not token:
@@ -206,15 +206,13 @@ class LabelStudioAnnotator:
 
     def __call__(self, project: Project, round_id: int, answers: dict[str, str]) -> int:
         from alkit.labelstudio.mapping import choice_result
-        from alkit.storage.schema import ls_tasks
-        from alkit.workflows.labelstudio import pull_annotations, push_round
+        from alkit.storage.tasks import round_tasks
+        from alkit.workflows.pull import pull_annotations
+        from alkit.workflows.push import push_round
 
         push_round(self.project, self.client, round_id)
         with self.project.engine.connect() as connection:
-            tasks = connection.execute(
-                sa.select(ls_tasks.c.task_id, images.c.path).join(images, images.c.id == ls_tasks.c.image_id)
-                .where(ls_tasks.c.round_id == round_id)
-            ).all()
+            tasks = round_tasks(connection, round_id)
         for task in tasks:
             self.client.create_annotation(int(task.task_id), choice_result(answers[task.path]))
         return pull_annotations(self.project, self.client).labels_added

@@ -8,34 +8,25 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import sqlalchemy as sa
-
 from alkit.errors import InputError, StateError
+from alkit.jsonable import JsonResult
 from alkit.project import Project
 from alkit.storage.db import utcnow
-from alkit.storage.schema import ImageStatus, LabelSource, classes, images, labels
+from alkit.storage.images import mark_labeled, usable_ids_by_path
+from alkit.storage.labels import class_ids_by_name, exported_labels, upsert_file_labels
+
+LABEL_CSV_COLUMNS = {"path", "label"}
 
 
 @dataclass
-class LabelImportResult:
+class LabelImportResult(JsonResult):
+    rows: int = 0
     imported: int = 0
     updated: int = 0
     unchanged: int = 0
     unknown_paths: list[str] = field(default_factory=list)
     unknown_classes: dict[str, int] = field(default_factory=dict)
-    rows: int = 0
     duplicates: list[dict] = field(default_factory=list)  # {path, rows, labels, kept}: one image named by several rows
-
-    def as_json(self) -> dict:
-        return {
-            "rows": self.rows,
-            "imported": self.imported,
-            "updated": self.updated,
-            "unchanged": self.unchanged,
-            "unknown_paths": self.unknown_paths,
-            "unknown_classes": self.unknown_classes,
-            "duplicates": self.duplicates,
-        }
 
 
 def _candidate_paths(raw: str, csv_dir: Path) -> list[str]:
@@ -56,7 +47,7 @@ def read_label_csv(path: Path) -> list[tuple[str, str]]:
     with handle:
         try:
             reader = csv.DictReader(handle)
-            if reader.fieldnames is None or not {"path", "label"} <= {f.strip() for f in reader.fieldnames}:
+            if reader.fieldnames is None or not LABEL_CSV_COLUMNS <= {f.strip() for f in reader.fieldnames}:
                 raise InputError(f"{path}: needs a header with columns path,label; found {reader.fieldnames}")
             rows = []
             for line_number, row in enumerate(reader, start=2):
@@ -82,10 +73,10 @@ def import_labels(
     csv_dir = csv_path.resolve().parent
     now = utcnow()
     with project.engine.begin() as connection:
-        class_ids = dict(connection.execute(sa.select(classes.c.name, classes.c.id)).all())
+        class_ids = class_ids_by_name(connection)
         if not class_ids:
             raise StateError("no classes defined; run `alkit classes set NAME...` before importing labels")
-        path_ids = dict(connection.execute(sa.select(images.c.path, images.c.id).where(images.c.status != ImageStatus.REJECTED.value)).all())
+        path_ids = usable_ids_by_path(connection)
         resolved: list[tuple[int, int]] = []
         unknown_classes: Counter[str] = Counter()
         for raw_path, label in rows:
@@ -112,32 +103,8 @@ def import_labels(
                 f"({', '.join(sorted(unknown_classes)) or '-'}); nothing imported; `alkit add` the images / "
                 "`alkit classes set` the classes, or drop --strict"
             )
-        existing = {
-            image_id: class_id
-            for image_id, class_id in connection.execute(
-                sa.select(labels.c.image_id, labels.c.class_id).where(
-                    labels.c.source == LabelSource.FILE.value, labels.c.annotator == annotator
-                )
-            )
-        }
-        for image_id, class_id in dict(resolved).items():
-            if image_id not in existing:
-                connection.execute(
-                    labels.insert().values(
-                        image_id=image_id, class_id=class_id, source=LabelSource.FILE.value,
-                        annotator=annotator, created_at=now,
-                    )
-                )
-                result.imported += 1
-            elif existing[image_id] != class_id:
-                connection.execute(
-                    labels.update()
-                    .where(labels.c.image_id == image_id, labels.c.source == LabelSource.FILE.value, labels.c.annotator == annotator)
-                    .values(class_id=class_id, created_at=now)
-                )
-                result.updated += 1
-            else:
-                result.unchanged += 1
+        changes = upsert_file_labels(connection, dict(resolved), annotator, now)
+        result.imported, result.updated, result.unchanged = changes.added, changes.updated, changes.unchanged
         mark_labeled(connection, [image_id for image_id, _ in resolved])
     return result
 
@@ -155,29 +122,10 @@ def _duplicate_rows(rows, resolved, class_ids, csv_dir, path_ids) -> list[dict]:
     ]
 
 
-def mark_labeled(connection, image_ids: list[int]) -> None:
-    """Set the lifecycle status of newly labelled images."""
-    if image_ids:
-        connection.execute(
-            images.update()
-            .where(images.c.id.in_(image_ids), images.c.status != ImageStatus.REJECTED.value)
-            .values(status=ImageStatus.LABELED.value, updated_at=utcnow())
-        )
-
-
 def export_labels(project: Project) -> list[dict]:
     """Every stored label, one dict each (absolute paths), oldest first."""
-    query = (
-        sa.select(
-            images.c.id.label("image_id"), images.c.path, classes.c.name.label("label"), labels.c.source,
-            labels.c.annotator, labels.c.created_at,
-        )
-        .join(images, images.c.id == labels.c.image_id)
-        .join(classes, classes.c.id == labels.c.class_id)
-        .order_by(labels.c.created_at, labels.c.id)
-    )
     with project.engine.connect() as connection:
         return [
             {**row._mapping, "created_at": row.created_at.isoformat() if row.created_at else None}
-            for row in connection.execute(query)
+            for row in exported_labels(connection)
         ]
