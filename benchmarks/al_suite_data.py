@@ -172,7 +172,7 @@ def build_imported(name: str, description: str, directory: Path, images: np.ndar
     """Write PNGs, create the project, register splits, import test labels and the vectors."""
     from alkit.project import init_project, open_project
     from alkit.workflows.classes import set_classes
-    from alkit.workflows.embed import import_embeddings
+    from alkit.workflows.embed_import import import_embeddings
     from alkit.workflows.ingest import add_images
     from alkit.workflows.labels import import_labels
 

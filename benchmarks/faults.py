@@ -52,13 +52,13 @@ def kill_add(work: Path, images_dir: Path, clean: dict, seed: int) -> tuple[bool
 
 def kill_embed(work: Path, images: list, npz: Path, clean: dict, seed: int) -> tuple[bool, int, int]:
     from alkit.project import open_project
-    from alkit.workflows.embed import import_embeddings
+    from alkit.workflows.embed_import import import_embeddings
 
     directory = work / f"embed-{seed}"
     init_pool(directory, images)
     threshold = random.Random(seed).randint(1, 80)
     process = start_alkit(directory, "embed", "--from", str(npz), "--name", "imported", "--shard-rows", "4",
-                          patches={"slow": {"alkit.workflows.embed:write_shard": 0.03}})
+                          patches={"slow": {"alkit.storage.shards:write_shard": 0.03}})
     killed = kill_when(process, lambda: _count(directory, "embeddings") >= threshold)
     import_embeddings(open_project(directory), npz, "imported", show_progress=False)
     lost, dup = compare(clean, snapshot(directory))
@@ -142,7 +142,7 @@ def hostile_label_studio(work: Path, mode: str) -> tuple[bool, int, int]:
     from alkit.labelstudio.client import LabelStudioClient, RetryPolicy
     from alkit.project import open_project
     from alkit.settings import write_config_file
-    from alkit.workflows.labelstudio import pull_annotations
+    from alkit.workflows.pull import pull_annotations
 
     directory = work / f"ls-{mode}"
     init_pool(directory, write_tiny_pngs(work / f"ls-imgs-{mode}", 3), classes=("cat", "dog"))

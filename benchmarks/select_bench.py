@@ -47,7 +47,7 @@ def build_project(directory: Path, num_items: int, dim: int, num_classes: int, n
     from alkit.storage.db import utcnow
     from alkit.storage.schema import images
     from alkit.workflows.classes import set_classes
-    from alkit.workflows.embed import _class_list, text_features_path
+    from alkit.workflows.text_features import current_class_list, text_features_file
     from alkit.workflows.labels import import_labels
 
     init_project(directory)
@@ -81,8 +81,8 @@ def build_project(directory: Path, num_items: int, dim: int, num_classes: int, n
         shards.write_shard(directory_v, shard, {"embedding": x})
         with project.engine.begin() as connection:
             shards.record_shard(connection, spec.id, shard, ids[start:stop])
-    _, _, classes_key = _class_list(project)
-    save_tensors(text_features_path(project, spec.key, classes_key), {"text_emb": centres}, metadata={"classes_key": classes_key})
+    classes_key = current_class_list(project).key
+    save_tensors(text_features_file(project, spec.key, classes_key), {"text_emb": centres}, metadata={"classes_key": classes_key})
     labelled = rng.choice(num_items, num_labels, replace=False)
     csv = directory / "labels.csv"
     labelled = labelled[labelled > 0]

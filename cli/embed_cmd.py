@@ -86,7 +86,7 @@ def embed(
 
 def _import(ctx: typer.Context, from_file: Path, name: Optional[str], shard_rows: int, progress, json_output: bool) -> None:
     from alkit.errors import InputError
-    from alkit.workflows.embed import import_embeddings
+    from alkit.workflows.embed_import import import_embeddings
 
     if not name.strip():
         raise InputError("--name must not be empty; it names the imported embedding space")

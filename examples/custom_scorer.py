@@ -59,7 +59,7 @@ def make_pool(directory: Path, count: int = 40, num_classes: int = 3, dim: int =
 def main(workdir: Path) -> list[int]:
     from alkit.project import init_project, open_project
     from alkit.workflows.classes import set_classes
-    from alkit.workflows.embed import import_embeddings
+    from alkit.workflows.embed_import import import_embeddings
     from alkit.workflows.fit import fit_posterior
     from alkit.workflows.ingest import add_images
     from alkit.workflows.select import SelectSettings, select_round

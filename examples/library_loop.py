@@ -19,7 +19,7 @@ from pathlib import Path
 def main(workdir: Path) -> dict:
     from alkit.project import init_project, open_project
     from alkit.workflows.classes import set_classes
-    from alkit.workflows.embed import import_embeddings
+    from alkit.workflows.embed_import import import_embeddings
     from alkit.workflows.fit import fit_posterior
     from alkit.workflows.ingest import add_images
     from alkit.workflows.labels import import_labels

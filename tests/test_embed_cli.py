@@ -39,7 +39,9 @@ def test_embed_all_then_nothing_left_and_loud_random_warning(cli, make_images):
     again = _embed_json(cli)
     assert again["embedded"] == 0 and again["pending"] == 0
 
-    from alkit.workflows.embed import current_spec, load_text_features, load_vectors
+    from alkit.storage.specs import current_spec
+    from alkit.storage.vectors import load_vectors
+    from alkit.workflows.text_features import load_text_features
 
     project = _open(cli)
     with project.engine.connect() as connection:
@@ -96,7 +98,7 @@ def test_second_spec_never_mixes_and_current_switches(cli, make_images, tmp_path
     human = cli("status").stdout
     assert "* embeddings alkit-tiny-vit/RANDOM(seed=0)" in human
 
-    from alkit.workflows.embed import load_vectors
+    from alkit.storage.vectors import load_vectors
 
     project = _open(cli)
     a, b = load_vectors(project, first["spec_id"])[1], load_vectors(project, second["spec_id"])[1]
@@ -121,7 +123,10 @@ def test_imported_embeddings_round_trip(cli, make_images, tmp_path):
     out = json.loads(result.stdout)
     assert out["embedded"] == 6 and out["registered"] == 3 and out["dim"] == 8
 
-    from alkit.workflows.embed import current_spec, encoder_for_spec, load_text_features, load_vectors
+    from alkit.storage.specs import current_spec
+    from alkit.storage.vectors import load_vectors
+    from alkit.workflows.embed_model import encoder_for_spec
+    from alkit.workflows.text_features import load_text_features
     from alkit.errors import StateError
 
     project = _open(cli)

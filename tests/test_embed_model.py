@@ -7,14 +7,11 @@ import torch
 from alkit.embedding.tiny import TINY_VIT, register_config
 from alkit.project import open_project
 from alkit.workflows.classes import set_classes
-from alkit.workflows.embed import (
-    current_spec,
-    embed_images,
-    encoder_for_spec,
-    load_projections,
-    load_text_features,
-    load_vectors,
-)
+from alkit.storage.specs import current_spec
+from alkit.storage.vectors import load_vectors
+from alkit.workflows.embed import embed_images
+from alkit.workflows.embed_model import encoder_for_spec
+from alkit.workflows.text_features import load_projections, load_text_features
 from alkit.workflows.ingest import add_images
 
 FP16 = dict(rtol=2e-3, atol=2e-3)

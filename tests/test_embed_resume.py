@@ -13,7 +13,8 @@ import sqlalchemy as sa
 from alkit.embedding.tiny import TINY_VIT, register_config
 from alkit.project import init_project, open_project
 from alkit.storage.schema import embeddings
-from alkit.workflows.embed import embed_images, load_vectors
+from alkit.storage.vectors import load_vectors
+from alkit.workflows.embed import embed_images
 from alkit.workflows.ingest import add_images
 
 N_IMAGES = 60
@@ -24,12 +25,12 @@ HARNESS = textwrap.dedent(
     import sys, time
     from alkit.embedding.tiny import register_config
     register_config()
-    import alkit.workflows.embed as embed
-    original = embed.write_shard
+    import alkit.storage.shards as shards
+    original = shards.write_shard
     def slow_write_shard(*args, **kwargs):
         original(*args, **kwargs)
         time.sleep(0.15)
-    embed.write_shard = slow_write_shard
+    shards.write_shard = slow_write_shard
     from alkit_cli.main import app
     app(sys.argv[1:])
     """

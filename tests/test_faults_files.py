@@ -18,7 +18,8 @@ from faults_support import check_invariants, hostile_images, write_tiny_pngs
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory):
     from alkit.project import init_project, open_project
-    from alkit.workflows.embed import embed_images, load_vectors
+    from alkit.storage.vectors import load_vectors
+    from alkit.workflows.embed import embed_images
     from alkit.workflows.ingest import add_images
     from alkit.storage.schema import images
 

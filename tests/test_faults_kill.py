@@ -95,7 +95,7 @@ def embed_setup(pool_files, tmp_path_factory):
 @pytest.mark.parametrize("seed", SEEDS)
 def test_kill_during_embed_import_then_rerun_equals_a_clean_run(seed, embed_setup, tmp_path):
     from alkit.project import open_project
-    from alkit.workflows.embed import import_embeddings
+    from alkit.workflows.embed_import import import_embeddings
 
     images, npz, clean, clean_vectors = embed_setup
     directory = tmp_path / "p"
@@ -103,7 +103,7 @@ def test_kill_during_embed_import_then_rerun_equals_a_clean_run(seed, embed_setu
     threshold = random.Random(seed).randint(1, 80)
     process = start_alkit(
         directory, "embed", "--from", str(npz), "--name", "imported", "--shard-rows", "4",
-        patches={"slow": {"alkit.workflows.embed:write_shard": 0.03}},
+        patches={"slow": {"alkit.storage.shards:write_shard": 0.03}},
     )
     assert kill_when(process, lambda: _db_count(directory, "embeddings") >= threshold), "embed finished before the kill"
     assert 0 < _db_count(directory, "embeddings") < len(images)

@@ -117,7 +117,7 @@ def test_from_without_name_takes_the_file_stem_and_becomes_current_at_the_end(cl
     specs = _snapshot(cli.project_dir)[2]
     assert [(name, bool(current)) for _, name, current in specs] == [("first", False), ("clip_vectors", True)]
     from alkit.project import open_project
-    from alkit.workflows.embed import load_vectors
+    from alkit.storage.vectors import load_vectors
 
     _, vectors = load_vectors(open_project(cli.project_dir), payload["spec_id"])
     assert np.isfinite(vectors).all()  # 1e30 overflows float32 norms unless normalised in float64

@@ -27,12 +27,12 @@ HARNESS = textwrap.dedent(
     import os, sys, time
     from alkit.embedding.tiny import register_config
     register_config()
-    import alkit.workflows.embed as embed
-    original = embed.encode_batch
+    import alkit.embedding.encode as encode
+    original = encode.encode_batch
     def slow_encode_batch(*args, **kwargs):
         time.sleep(0.1)
         return original(*args, **kwargs)
-    embed.encode_batch = slow_encode_batch
+    encode.encode_batch = slow_encode_batch
     from alkit_cli.main import app
     ready, go = sys.argv[1], sys.argv[2]
     open(ready, "w").close()
@@ -47,7 +47,8 @@ def test_concurrent_embed_workers_and_label_writer(pg_url, runner, tmp_path, mak
     from alkit.embedding.tiny import TINY_VIT, register_config
     from alkit.project import init_project, open_project
     from alkit.storage.schema import embeddings, images
-    from alkit.workflows.embed import embed_images, load_vectors
+    from alkit.storage.vectors import load_vectors
+    from alkit.workflows.embed import embed_images
     from alkit.workflows.ingest import add_images
     from alkit_cli.main import app
 

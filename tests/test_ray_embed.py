@@ -45,7 +45,7 @@ def _rows(project):
 
 
 def _same_vectors(project_a, spec_a, project_b, spec_b):
-    from alkit.workflows.embed import load_vectors
+    from alkit.storage.vectors import load_vectors
 
     for kind in ("embedding", "phi"):
         ids_a, a = load_vectors(project_a, spec_a, kind=kind)

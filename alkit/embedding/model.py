@@ -24,6 +24,18 @@ from alkit.errors import ConfigError, ExternalServiceError, InputError
 from alkit.embedding.spec import WeightsSource
 
 PRECISIONS = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}
+PROBE_PROMPT = "a photo"  # any prompt: only the shapes of the text tower's outputs are read
+ERROR_LINE_CHARS = 400  # longest error reason shown (open_clip's messages can run to pages)
+
+
+@dataclass(frozen=True)
+class VectorDims:
+    """Widths of what an encoder produces: D (embedding), d (phi) and d_t (psi); None where
+    the tower has no linear last projection."""
+
+    embedding: int
+    phi: int | None
+    text_phi: int | None
 
 
 @dataclass
@@ -172,6 +184,12 @@ class OpenClipEncoder:
             post, pre = _run(self.text_proj, self.model.encode_text, tokens)
             return post.float().cpu(), None if pre is None else pre.float().cpu()
 
+    def vector_dims(self) -> VectorDims:
+        """D, d and d_t of this model (one prompt through the text tower, no image needed)."""
+        emb, psi = self.encode_texts([PROBE_PROMPT])
+        phi = None if self.image_proj is None else int(self.image_proj.matrix().shape[0])
+        return VectorDims(int(emb.shape[1]), phi, None if psi is None else int(psi.shape[1]))
+
     def projection_tensors(self) -> dict:
         """P (d, D), Q (d_t, D), optional biases, logit_scale (log s) and logit_bias, float32 CPU."""
         import torch
@@ -204,7 +222,7 @@ def quiet_third_party_logging():
         logging.disable(previous)
 
 
-def one_line_reason(error: BaseException, limit: int = 400) -> str:
+def one_line_reason(error: BaseException, limit: int = ERROR_LINE_CHARS) -> str:
     """The first line of an error, whole: cut only at a sentence or word end, never mid-word."""
     text = " ".join(str(error).split()) or type(error).__name__
     if len(text) <= limit:

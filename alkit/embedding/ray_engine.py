@@ -22,7 +22,6 @@ one model load per actor.
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import numpy as np
@@ -47,12 +46,11 @@ class RayEncoder:
             register_config(architecture, config)
         self.encoder = load_open_clip(architecture, WeightsSource.from_json(weights), device, precision)
         self.decoder = BatchDecoder(self.encoder.preprocess, self.encoder.image_size, max_pixels)
-        emb, _ = self.encoder.encode_texts(["a photo"])
-        proj = self.encoder.image_proj
-        self.dims = {"embedding": int(emb.shape[1]), "phi": None if proj is None else int(proj.matrix().shape[0])}
+        dims = self.encoder.vector_dims()
+        self.dims = {"embedding": dims.embedding, "phi": dims.phi}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from alkit.workflows.embed import encode_batch
+        from alkit.embedding.encode import encode_batch
 
         ids = [int(i) for i in batch["id"]]
         decoded = self.decoder[list(zip(ids, [str(p) for p in batch["path"]]))]
@@ -87,22 +85,11 @@ def _ensure_ray(address: str | None):
     return ray
 
 
-def _windows(queue, window_rows: int, max_claims: int):
-    """Lists of (image_id, path) to embed, one per Ray dataset."""
-    from alkit.workflows.embed import _ClaimQueue
-
-    if isinstance(queue, _ClaimQueue):
-        while window := queue.claim_window(max_claims):
-            yield window
-        return
-    items = queue.items()
-    while window := list(itertools.islice(items, window_rows)):
-        yield window
-
-
 def run_ray_embed(queue, planned, settings, bar, address: str | None = None, num_gpus_per_worker: float = 0.0,
                   window_rows: int = WINDOW_ROWS, max_claims: int = MAX_CLAIMS) -> None:
-    """Embed everything `queue` hands out on Ray; results go back through `queue.add`."""
+    """Embed everything `queue` (an `alkit.storage.work_queue.WorkQueue`) hands out on Ray, one
+    window (`queue.windows`) per dataset; results go back through `queue.add`. `planned` is the
+    spec's `alkit.embedding.spec.PlannedSpec`, `settings` the project's embed settings."""
     _ensure_ray(address)  # connects (or starts a local cluster); `import ray.data` binds `ray`
     import ray.data
 
@@ -112,7 +99,7 @@ def run_ray_embed(queue, planned, settings, bar, address: str | None = None, num
     actors = max(1, int(settings.workers))
     device = "cuda" if num_gpus_per_worker > 0 else "cpu"
     constructor = (planned.architecture, planned.weights.as_json(), planned.config, device, settings.precision, settings.max_pixels)
-    for window in _windows(queue, window_rows, max_claims):
+    for window in queue.windows(window_rows, max_claims):
         dataset = ray.data.from_items([{"id": image_id, "path": path} for image_id, path in window])
         mapped = dataset.map_batches(
             RayEncoder,

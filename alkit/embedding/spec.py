@@ -20,11 +20,13 @@ from alkit.registry import Registry
 
 OPEN_CLIP_KIND = "open_clip"
 IMPORTED_KIND = "imported"
-HASH_CHUNK = 1 << 22
+HASH_CHUNK = 1 << 22  # bytes read at a time while hashing a checkpoint (4 MiB)
 
 
 @dataclass(frozen=True)
 class WeightsSource:
+    """Where a model's weights come from; `identity` is what the spec key depends on."""
+
     kind: str  # "tag" | "checkpoint" | "random"
     value: str | None  # the tag, the absolute checkpoint path, or None
     checkpoint_hash: str | None = None
@@ -68,10 +70,10 @@ def file_hash(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def _register_demo_clip() -> None:
-    from alkit.demo.tiny_clip import register_tiny_clip_config
+def _register_tiny_clip() -> None:
+    from alkit.embedding.tiny import TINY_CLIP_CONFIG, TINY_CLIP_NAME, register_config
 
-    register_tiny_clip_config()
+    register_config(TINY_CLIP_NAME, TINY_CLIP_CONFIG)
 
 
 def _register_tiny_vit() -> None:
@@ -83,7 +85,7 @@ def _register_tiny_vit() -> None:
 # Model configs that ship with alkit (as data, not weights): registered with open_clip on
 # first use, in whichever process asks for them (`alkit embed --model alkit-tiny-clip`).
 BUNDLED_CONFIGS: Registry[Callable[[], None]] = Registry("bundled open_clip config")
-BUNDLED_CONFIGS.register("alkit-tiny-clip", _register_demo_clip, "the demo's small CLIP trained on MNIST digits")
+BUNDLED_CONFIGS.register("alkit-tiny-clip", _register_tiny_clip, "the demo's small CLIP trained on MNIST digits")
 BUNDLED_CONFIGS.register("alkit-tiny-vit", _register_tiny_vit, "a tiny random ViT for tests and benchmarks")
 
 
@@ -139,6 +141,62 @@ def spec_key(kind: str, architecture: str, weights_identity: str, config: dict[s
         default=str,
     )
     return hashlib.blake2b(payload.encode(), digest_size=16).hexdigest()
+
+
+def checkpoint_problem(weights: WeightsSource) -> str | None:
+    """"missing" or "changed" (content hash differs) for a checkpoint that no longer matches
+    what a spec recorded; None when it does, or the weights are not a checkpoint."""
+    if weights.kind != "checkpoint":
+        return None
+    path = Path(str(weights.value))
+    if not path.is_file():
+        return "missing"
+    return "changed" if file_hash(path) != weights.checkpoint_hash else None
+
+
+@dataclass(frozen=True)
+class PlannedSpec:
+    """The vector space an embed run will write: architecture, weights, config and its key."""
+
+    architecture: str
+    weights: WeightsSource
+    config: dict
+    key: str
+
+    @property
+    def name(self) -> str:
+        return spec_name(self.architecture, self.weights)
+
+
+def plan_spec(architecture: str, pretrained: str | None, seed: int) -> PlannedSpec:
+    """Identify the vector space of (architecture, weights) without loading the model."""
+    config = check_architecture(architecture)
+    weights = resolve_weights(architecture, pretrained, seed)
+    return PlannedSpec(architecture, weights, config, spec_key(OPEN_CLIP_KIND, architecture, weights.identity, config))
+
+
+def spec_record(planned: PlannedSpec, encoder, dims, device: str, precision: str) -> dict[str, Any]:
+    """What the spec row of an open_clip spec records: its identity plus how it was embedded
+    (image size, dims (`encoder.vector_dims()`), projections, preprocessing, open_clip version,
+    device, precision)."""
+    import open_clip
+
+    return {
+        "architecture": planned.architecture,
+        "weights": planned.weights.as_json(),
+        "image_size": encoder.image_size,
+        "dim": dims.embedding,
+        "phi_dim": dims.phi,
+        "text_phi_dim": dims.text_phi,
+        "image_projection": None if encoder.image_proj is None else encoder.image_proj.name,
+        "text_projection": None if encoder.text_proj is None else encoder.text_proj.name,
+        "preprocess": {k: (list(v) if isinstance(v, tuple) else v) for k, v in encoder.preprocess_cfg.items()},
+        "open_clip_version": open_clip.__version__,
+        "device": device,
+        "precision": precision,
+        "storage_dtype": "float16",
+        "config": planned.config,
+    }
 
 
 def imported_key(name: str) -> str:

@@ -41,6 +41,7 @@ from alkit.storage.pool import insert_ignoring_conflicts
 from alkit.storage.schema import ImageStatus, embeddings, images
 
 VECTOR_KINDS = ("embedding", "phi")
+SHARD_ROWS = 1024  # default images per shard file and per DB transaction
 STORAGE_DTYPE = np.float16  # half the disk and page cache of float32; unit vectors lose ~1e-3
 SHARD_FILE = re.compile(r"^(\d{8})\.(embedding|phi)\.npy$")
 ADVISORY_NAMESPACE = 0x616C6B  # "alk": first key of alkit's PostgreSQL advisory locks

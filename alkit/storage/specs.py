@@ -68,3 +68,11 @@ def spec_directory(project, key: str) -> Path:
     directory = project.artefact_path("vectors", key)
     directory.mkdir(parents=True, exist_ok=True)
     return directory
+
+
+def resolve_spec(engine, spec: int | sa.Row) -> sa.Row:
+    """The spec row of `spec`, given as a row (returned as is) or as an id."""
+    if isinstance(spec, int):
+        with engine.connect() as connection:
+            return spec_row(connection, spec)
+    return spec

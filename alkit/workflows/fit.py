@@ -94,7 +94,7 @@ def jsonable(value):
 def pool_context(project: Project) -> PoolContext:
     from alkit.storage.specs import current_spec
     from alkit.workflows.classes import classes_key
-    from alkit.workflows.embed import load_text_features
+    from alkit.workflows.text_features import load_text_features
 
     with project.engine.connect() as connection:
         spec = current_spec(connection)
@@ -230,7 +230,7 @@ def _bayesvlm_from_pairs(project: Project, path: Path, projection, context: Pool
 
     from alkit.posterior.bayesvlm import BayesVLMPosterior
     from alkit.posterior.kfac import kfac_factors
-    from alkit.workflows.embed import encoder_for_spec
+    from alkit.workflows.embed_model import encoder_for_spec
 
     rows = read_pairs_csv(path)
     with project.engine.connect() as connection:

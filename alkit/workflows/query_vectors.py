@@ -23,7 +23,7 @@ def embed_new_images(project: Project, spec, paths: list[str]) -> np.ndarray:
     import torch
 
     from alkit.embedding.decode import open_rgb_image
-    from alkit.workflows.embed import encoder_for_spec
+    from alkit.workflows.embed_model import encoder_for_spec
 
     encoder = encoder_for_spec(project, spec)
     pixels = []
@@ -63,7 +63,7 @@ def image_vectors(project: Project, spec, paths: list[str]) -> np.ndarray:
 
 
 def text_vectors(project: Project, spec, texts: list[str]) -> np.ndarray:
-    from alkit.workflows.embed import encoder_for_spec
+    from alkit.workflows.embed_model import encoder_for_spec
 
     encoder = encoder_for_spec(project, spec)  # StateError for imported specs, with the fix
     emb, _ = encoder.encode_texts(texts)
