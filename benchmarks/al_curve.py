@@ -275,7 +275,7 @@ def choose(strategy: str, posterior, pool_phi, unlabelled: np.ndarray, settings:
 
 def run_strategy(strategy: str, base, features: Features, pool_index: np.ndarray, settings: Settings, seed: int,
                  probvlm: ProbVLMScorer | None) -> Curve:
-    from alkit.posterior.bayesvlm import RefitSettings, refit
+    from alkit.posterior.bayesvlm_refit import RefitSettings, refit
 
     started = time.perf_counter()
     pool_phi = features.pool_phi[pool_index]

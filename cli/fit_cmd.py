@@ -85,7 +85,7 @@ def predict(
     with stage(f"predict: scoring the {split or 'whole'} split with the newest posterior"):
         predictions = predict_split(ctx.obj.project(), split)
     if json_output:
-        emit_json_lines(p.__dict__ for p in predictions)
+        emit_json_lines(p.as_json() for p in predictions)
         return
     rows = []
     for index, p in enumerate(predictions):

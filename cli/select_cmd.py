@@ -79,10 +79,10 @@ def strategies() -> None:
     echo_table([(name, BATCH_MODES.describe(name)) for name in BATCH_MODES.names()], ["batch mode", "description"])
     typer.echo("")
     echo_table([(name, COLD_START.describe(name)) for name in COLD_START.names()], ["cold start", "description"])
-    from alkit.workflows.fit import POSTERIOR_FEATURES
+    from alkit.posterior.registry import POSTERIORS
 
     typer.echo("")
-    echo_table([(name, POSTERIOR_FEATURES.describe(name)) for name in POSTERIOR_FEATURES.names()], ["posterior (fit --posterior)", "description"])
+    echo_table([(name, POSTERIORS.describe(name)) for name in POSTERIORS.names()], ["posterior (fit --posterior)", "description"])
 
 
 def register(app: typer.Typer) -> None:

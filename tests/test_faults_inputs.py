@@ -261,7 +261,7 @@ def test_embed_while_select_runs_both_complete_consistently(tmp_path):
 def test_pairs_csv_fuzz_never_crashes(tmp_path, data):
     """Any bytes as pairs.csv: parsed rows or an InputError naming the fix, never a traceback."""
     from alkit.errors import InputError
-    from alkit.workflows.fit import read_pairs_csv
+    from alkit.workflows.fit_bayesvlm import read_pairs_csv
 
     path = tmp_path / "pairs.csv"
     path.write_bytes(data)

@@ -80,3 +80,17 @@ def test_status_separates_pool_and_test_labels_and_shows_model_posterior_rounds(
     text = cli("status").stdout
     assert "4 pool/target images labelled (for fit), 3 test images labelled" in text
     assert "model: emb (imported" in text and "posterior: v1" in text and "round 1 (open, random): 2 images" in text
+
+
+def test_status_shows_the_posterior_of_the_current_class_list(cli, labelled):
+    """The current posterior is the newest of the current spec AND class list: the one select,
+    predict and eval use (status used to show the newest of any class list)."""
+    assert _fit(cli)["version"] == 1
+    assert cli("classes", "set", "a", "b", "--template", "a sketch of a {}").exit_code == 0  # new prompts: new class list
+    status = json.loads(cli("status", "--json").stdout)
+    assert status["posterior"] is None
+    assert _fit(cli)["version"] == 2
+    assert json.loads(cli("status", "--json").stdout)["posterior"]["version"] == 2
+    assert cli("classes", "set", "a", "b", "--template", "a photo of a {}").exit_code == 0  # the first list again
+    assert json.loads(cli("status", "--json").stdout)["posterior"]["version"] == 1
+    assert cli("predict", "--json").exit_code == 0

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from alkit.posterior.base import Posterior
-from alkit.posterior.bayesvlm import BayesVLMPosterior, RefitSettings, refit, refit_choosing_pseudo_data
+from alkit.posterior.bayesvlm import BayesVLMPosterior
+from alkit.posterior.bayesvlm_refit import RefitSettings, refit, refit_choosing_pseudo_data
 from alkit.posterior.kronecker import eigendecompose
 
 

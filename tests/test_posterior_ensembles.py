@@ -16,8 +16,8 @@ import pytest
 from alkit.errors import InputError
 from alkit.posterior.ensemble import EnsembleSettings, fit_ensemble, member_precisions
 from alkit.posterior.hetsngp import HetSNGPSettings, fit_hetsngp
-from alkit.posterior.io import load_posterior
-from alkit.posterior.laplace_head import unit_rows
+from alkit.posterior.io import load_posterior, save_posterior
+from alkit.posterior.head_inputs import unit_rows
 from alkit.posterior.mimo import MimoSettings, diversity, fit_mimo
 
 ACCURACY_TOLERANCE = 0.05  # each kind within 5 points of logistic regression's test accuracy
@@ -111,7 +111,7 @@ def test_anchored_members_are_each_the_minimiser_of_their_own_objective(toy, boo
     the anchors (and Bayesian-bootstrap weights) rebuilt from the same seed."""
     from scipy.optimize import minimize
 
-    from alkit.posterior.laplace_head import prepare_head_inputs
+    from alkit.posterior.head_inputs import prepare_head_inputs
 
     x, y, _, _ = toy
     settings = EnsembleSettings(members=3, hyper=True, gradient_tolerance=1e-8, bootstrap=bootstrap)
@@ -199,7 +199,7 @@ def test_hetsngp_variance_grows_with_distance_from_the_data_in_2d():
 def test_save_load_round_trips_exactly(kind, toy, fitted, tmp_path):
     _, _, xt, _ = toy
     posterior = fitted[kind]
-    posterior.save(tmp_path)
+    save_posterior(posterior, tmp_path)
     header = json.loads((tmp_path / "header.json").read_text())
     assert header["kind"] == posterior.kind
     loaded = load_posterior(tmp_path, "unspecified", list(posterior.classes))

@@ -9,8 +9,10 @@ import pytest
 
 from alkit.errors import IntegrityError, UnknownNameError
 from alkit.posterior.bayesvlm import BayesVLMPosterior
-from alkit.posterior.io import POSTERIORS, get_posterior_class, load_posterior
+from alkit.posterior.base import FeatureKind, Posterior
+from alkit.posterior.io import load_posterior, save_posterior
 from alkit.posterior.laplace_head import LaplaceHeadPosterior, fit_laplace_head
+from alkit.posterior.registry import POSTERIORS, feature_kind, posterior_class
 
 CLASSES = ("cat", "dog", "fox")
 
@@ -34,7 +36,7 @@ def _head():
 @pytest.mark.parametrize("make", [_bayesvlm, _head])
 def test_round_trip_is_exact(tmp_path, make):
     post = make()
-    post.save(tmp_path / "v1")
+    save_posterior(post, tmp_path / "v1")
     loaded = load_posterior(tmp_path / "v1", post.embedding_spec_key, list(CLASSES))
     assert type(loaded) is type(post)
     for name, value in post.to_state()[0].items():
@@ -49,12 +51,12 @@ def test_round_trip_is_exact(tmp_path, make):
 
 
 def test_candidate_batch_size_is_recorded(tmp_path):
-    _bayesvlm().save(tmp_path)
+    save_posterior(_bayesvlm(), tmp_path)
     assert load_posterior(tmp_path).factors.candidate_batch_size == 2
 
 
 def test_load_refuses_another_spec_or_class_list(tmp_path):
-    _bayesvlm().save(tmp_path)
+    save_posterior(_bayesvlm(), tmp_path)
     with pytest.raises(IntegrityError, match=r"'ViT-B-32/openai'.*'ViT-L-14/openai'.*alkit fit"):
         load_posterior(tmp_path, "ViT-L-14/openai", list(CLASSES))
     with pytest.raises(IntegrityError, match=r"3 classes.*2 classes.*alkit fit"):
@@ -67,6 +69,48 @@ def test_load_refuses_another_spec_or_class_list(tmp_path):
 
 def test_registry_names_and_unknown_name():
     assert POSTERIORS.names() == ["bayesvlm", "ensemble", "hetsngp", "laplace_head", "mimo", "probvlm"]
-    assert get_posterior_class("laplace_head") is LaplaceHeadPosterior
+    assert posterior_class("laplace_head") is LaplaceHeadPosterior
     with pytest.raises(UnknownNameError, match="bayesvlm, ensemble, hetsngp, laplace_head, mimo, probvlm"):
-        get_posterior_class("nope")
+        posterior_class("nope")
+
+
+def test_every_kind_declares_its_features_and_has_one_builder():
+    from alkit.workflows.fit_builders import BUILDERS
+
+    assert BUILDERS.names() == POSTERIORS.names()
+    assert feature_kind("bayesvlm") is FeatureKind.PHI
+    assert {feature_kind(name) for name in POSTERIORS.names() if name != "bayesvlm"} == {FeatureKind.EMBEDDING}
+    for name in POSTERIORS.names():
+        cls = posterior_class(name)
+        assert cls.kind == name and isinstance(cls.fast_sample_logits, bool)
+        for method in ("logit_moments", "predict", "map_predict", "sample_weights", "sample_logits", "sample_probs", "to_state", "from_state"):
+            assert callable(getattr(cls, method)), (name, method)
+
+
+def test_sample_logits_are_the_log_of_sample_probs_up_to_a_shift():
+    post = _bayesvlm()
+    assert isinstance(post, Posterior) and not post.fast_sample_logits
+    x = np.random.default_rng(3).normal(size=(5, 4))
+    weights = post.sample_weights(3, seed=1)
+    logits = post.sample_logits(weights, x)
+    expected = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    np.testing.assert_allclose(expected / expected.sum(-1, keepdims=True), post.sample_probs(weights, x), rtol=1e-5, atol=1e-6)
+
+
+def test_save_replaces_files_atomically(tmp_path, monkeypatch):
+    first, second = _bayesvlm(), _head()
+    save_posterior(first, tmp_path)
+    save_posterior(second, tmp_path)  # the same directory: both files replaced, no temporary file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["arrays.safetensors", "header.json"]
+    assert type(load_posterior(tmp_path)) is LaplaceHeadPosterior
+    header = (tmp_path / "header.json").read_bytes()
+
+    def broken(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    import alkit.posterior.io as io
+
+    monkeypatch.setattr(io, "atomic_write_text", lambda path, text: broken())
+    with pytest.raises(OSError, match="No space"):
+        save_posterior(first, tmp_path)
+    assert (tmp_path / "header.json").read_bytes() == header  # a failed save never leaves a half-written header

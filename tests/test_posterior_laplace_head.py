@@ -7,7 +7,8 @@ import pytest
 
 from alkit.errors import StateError
 from alkit.posterior.base import Posterior
-from alkit.posterior.laplace_head import LaplaceHeadSettings, augment, fit_laplace_head, fit_map_head, head_log_evidence
+from alkit.posterior.laplace_head import LaplaceHeadSettings, fit_laplace_head
+from alkit.posterior.laplace_head_fit import fit_map_head, head_log_evidence
 
 
 def _data(seed=0, N=120, D=6, K=3):

@@ -8,7 +8,9 @@ from scipy.stats import spearmanr
 
 from alkit.errors import StateError
 from alkit.posterior.base import Posterior
-from alkit.posterior.probvlm import ProbVLMSettings, fit_probvlm, train_adapters
+from alkit.posterior.probvlm import fit_probvlm
+from alkit.posterior.probvlm_adapter import ProbVLMSettings
+from alkit.posterior.probvlm_train import train_adapters
 
 K, D = 4, 16
 TINY = ProbVLMSettings(epochs=3, learning_rate=1e-2, hidden=16, batch_size=32)
@@ -139,10 +141,10 @@ def test_uncertainty_outputs(small_posterior):
 
 
 def test_save_load_round_trip(small_posterior, tmp_path):
-    from alkit.posterior.io import load_posterior
+    from alkit.posterior.io import load_posterior, save_posterior
 
     posterior, x = small_posterior
-    posterior.save(tmp_path / "p")
+    save_posterior(posterior, tmp_path / "p")
     loaded = load_posterior(tmp_path / "p", expected_classes=list("abcd"))
     assert loaded.kind == "probvlm" and loaded.settings == posterior.settings
     assert loaded.provenance == posterior.provenance and loaded.logit_scale == posterior.logit_scale

@@ -32,15 +32,13 @@ members equal those of the M members themselves), the first S when S < M.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from alkit.errors import InputError
-from alkit.posterior.base import PosteriorProvenance
-from alkit.posterior.laplace_head import HeadSamples
-from alkit.posterior.laplace_head import head_inputs, prepare_head_inputs
+from alkit.posterior.base import FeatureKind, PosteriorProvenance
+from alkit.posterior.head_inputs import HeadSamples, head_inputs, prepare_head_inputs
 from alkit.posterior.trained_heads import cycle_members, member_moments, softmax, standardisation_state
 
 KIND = "ensemble"
@@ -72,6 +70,8 @@ class EnsemblePosterior:
     input_mean: np.ndarray | None = None
     input_scale: float = 1.0
     kind: str = field(default=KIND, init=False)
+    feature_kind: ClassVar[FeatureKind] = FeatureKind.EMBEDDING
+    fast_sample_logits: ClassVar[bool] = True
 
     prior_precision = None  # no single Laplace prior (fit reports show None)
 
@@ -129,11 +129,6 @@ class EnsemblePosterior:
 
         return torch.softmax(self._sample_logits_tensor(weights, x), dim=-1).permute(1, 0, 2).numpy()
 
-    def save(self, directory: Path) -> None:
-        from alkit.posterior.io import save_posterior
-
-        save_posterior(self, directory)
-
     def to_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         arrays, header = standardisation_state(self.input_mean, self.input_scale)
         arrays.update(weights=self.weights, member_precisions=self.member_precisions)
@@ -174,7 +169,7 @@ def centred_anchor_noise(rng, members: int, shape: tuple[int, ...]) -> np.ndarra
 def evidence_precision(inputs) -> tuple[float, dict[str, Any]]:
     """lam of the Laplace head's evidence search (one MAP head, `laplace_head.optimise_head_evidence`),
     so the members' prior is the one the labels support; 1 (the head's start) with no labels."""
-    from alkit.posterior.laplace_head import LaplaceHeadSettings, optimise_head_evidence
+    from alkit.posterior.laplace_head_fit import LaplaceHeadSettings, optimise_head_evidence
     from alkit.posterior.threads import one_thread
 
     if inputs.labels.size == 0:

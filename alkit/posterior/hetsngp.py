@@ -33,15 +33,14 @@ predictive of those moments.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from alkit.errors import InputError
-from alkit.posterior.base import PosteriorProvenance
+from alkit.posterior.base import FeatureKind, PosteriorProvenance
+from alkit.posterior.head_inputs import head_inputs, prepare_head_inputs
 from alkit.posterior.probcosine import probit_softmax
-from alkit.posterior.laplace_head import head_inputs, prepare_head_inputs
 from alkit.posterior.threads import one_thread
 from alkit.posterior.trained_heads import softmax, standardisation_state
 
@@ -92,6 +91,8 @@ class HetSNGPPosterior:
     input_mean: np.ndarray | None = None
     input_scale: float = 1.0
     kind: str = field(default=KIND, init=False)
+    feature_kind: ClassVar[FeatureKind] = FeatureKind.EMBEDDING
+    fast_sample_logits: ClassVar[bool] = True
 
     prior_precision = None
 
@@ -160,11 +161,6 @@ class HetSNGPPosterior:
         import torch
 
         return torch.softmax(self._sample_logits_tensor(weights, x), dim=-1).numpy()
-
-    def save(self, directory: Path) -> None:
-        from alkit.posterior.io import save_posterior
-
-        save_posterior(self, directory)
 
     ARRAYS = (
         "input_weights", "input_bias", "residual_weights", "residual_bias", "frequencies", "phases", "output_weights",

@@ -1,5 +1,10 @@
 """Save / load posteriors: `arrays.safetensors` (plain float arrays) + `header.json`. No pickle.
 
+The one entry point for persistence: `save_posterior` writes what `posterior.to_state()`
+returns, `load_posterior` finds the class by its registry kind and calls `from_state`. Both
+files are written atomically (`alkit.atomic`), arrays first: a directory with a header always
+has its arrays, and a crash leaves the old files or none, never a partial one.
+
 The header records the registry kind, provenance, the embedding spec key the features came
 from, the ordered class list, settings and the parent version. `load_posterior` refuses a
 posterior whose spec or class list differs from what the caller expects: scoring with the
@@ -14,44 +19,19 @@ from typing import Any
 
 import numpy as np
 
+from alkit.atomic import atomic_write_bytes, atomic_write_text
 from alkit.errors import IntegrityError
+from alkit.jsonable import jsonable
 from alkit.posterior.base import PosteriorProvenance
-from alkit.registry import Registry
 
 FORMAT_VERSION = 1
 ARRAYS_FILE = "arrays.safetensors"
 HEADER_FILE = "header.json"
 
-POSTERIORS: Registry[type] = Registry("posterior")
-
-
-def _register_builtin() -> None:
-    from alkit.posterior.bayesvlm import BayesVLMPosterior
-    from alkit.posterior.ensemble import EnsemblePosterior
-    from alkit.posterior.hetsngp import HetSNGPPosterior
-    from alkit.posterior.laplace_head import LaplaceHeadPosterior
-    from alkit.posterior.mimo import MimoPosterior
-    from alkit.posterior.probvlm import ProbVLMPosterior
-
-    POSTERIORS.register("bayesvlm", BayesVLMPosterior, "Kronecker Laplace over the CLIP image projection (needs phi)")
-    POSTERIORS.register("laplace_head", LaplaceHeadPosterior, "Laplace linear head on imported embeddings")
-    POSTERIORS.register("probvlm", ProbVLMPosterior, "ProbVLM generalised-Gaussian adapters on frozen embeddings")
-    POSTERIORS.register("ensemble", EnsemblePosterior, "Anchored ensemble of linear heads on embeddings (optionally a hyperparameter ensemble)")
-    POSTERIORS.register("mimo", MimoPosterior, "MIMO subnetworks in one MLP on embeddings")
-    POSTERIORS.register("hetsngp", HetSNGPPosterior, "Spectral-norm MLP + random-feature GP (Laplace) + heteroscedastic noise")
-
-
-_register_builtin()
-
-
-def get_posterior_class(name: str) -> type:
-    """The posterior class registered under `name` (UnknownNameError lists valid names)."""
-    return POSTERIORS.get(name)
-
 
 def save_posterior(posterior: Any, directory: Path) -> None:
     """Write `posterior.to_state()` arrays and a JSON header into `directory` (created)."""
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -72,16 +52,8 @@ def save_posterior(posterior: Any, directory: Path) -> None:
         },
         "state": state,
     }
-    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(directory / ARRAYS_FILE))
-    (directory / HEADER_FILE).write_text(json.dumps(header, indent=2, sort_keys=True, default=_jsonable))
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+    atomic_write_bytes(directory / ARRAYS_FILE, save({k: np.ascontiguousarray(v) for k, v in arrays.items()}))
+    atomic_write_text(directory / HEADER_FILE, json.dumps(jsonable(header), indent=2, sort_keys=True))
 
 
 def read_header(directory: Path) -> dict[str, Any]:
@@ -99,6 +71,8 @@ def load_posterior(
 ) -> Any:
     """Load a saved posterior; IntegrityError if its spec key or class list is not the expected one."""
     from safetensors.numpy import load_file
+
+    from alkit.posterior.registry import posterior_class
 
     directory = Path(directory)
     header = read_header(directory)
@@ -118,7 +92,7 @@ def load_posterior(
             f"posterior at {directory} has {len(saved)} classes {saved[:5]}... but the project has "
             f"{len(expected_classes)} classes {list(expected_classes)[:5]}...; run `alkit fit` again"
         )
-    cls = get_posterior_class(header["kind"])
+    cls = posterior_class(header["kind"])
     try:  # safetensors never unpickles; anything else in the file (a pickle, garbage) is refused
         arrays = load_file(str(directory / ARRAYS_FILE))
     except Exception as error:

@@ -25,14 +25,13 @@ epistemic signal; fit with more members or fewer steps).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from alkit.errors import InputError
-from alkit.posterior.base import PosteriorProvenance
-from alkit.posterior.laplace_head import head_inputs, prepare_head_inputs
+from alkit.posterior.base import FeatureKind, PosteriorProvenance
+from alkit.posterior.head_inputs import head_inputs, prepare_head_inputs
 from alkit.posterior.threads import one_thread
 from alkit.posterior.trained_heads import cycle_members, member_moments, softmax, standardisation_state
 
@@ -76,6 +75,8 @@ class MimoPosterior:
     input_mean: np.ndarray | None = None
     input_scale: float = 1.0
     kind: str = field(default=KIND, init=False)
+    feature_kind: ClassVar[FeatureKind] = FeatureKind.EMBEDDING
+    fast_sample_logits: ClassVar[bool] = True
 
     prior_precision = None
 
@@ -130,11 +131,6 @@ class MimoPosterior:
 
     def sample_probs(self, weights: MimoSamples, x) -> np.ndarray:
         return softmax(self.member_logits(x))[weights.members]
-
-    def save(self, directory: Path) -> None:
-        from alkit.posterior.io import save_posterior
-
-        save_posterior(self, directory)
 
     def to_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         arrays, header = standardisation_state(self.input_mean, self.input_scale)

@@ -11,10 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 
-def cosine_softmax_probs(
-    features: np.ndarray, projections: np.ndarray, text: np.ndarray, logit_scale: float
-) -> np.ndarray:
-    """softmax_k(s cos(P_s phi, h_k)) under each projection sample: `(S, N, K)`.
+def cosine_logits(features: np.ndarray, projections: np.ndarray, text: np.ndarray, logit_scale: float):
+    """s cos(P_s phi, h_k) under each projection sample: a torch `(S, N, K)` tensor.
 
     `features (N, p)` (bias column included), `projections (S, D, p)`, `text (K, D)` fixed or
     `(S, K, D)` one text embedding set per sample.
@@ -32,4 +30,13 @@ def cosine_softmax_probs(
         cos = g @ txt.T  # (S, N, K)
     else:
         cos = g @ txt.transpose(1, 2)  # (S, N, D) @ (S, D, K) -> (S, N, K)
-    return torch.softmax(logit_scale * cos, dim=-1).numpy()
+    return logit_scale * cos
+
+
+def cosine_softmax_probs(
+    features: np.ndarray, projections: np.ndarray, text: np.ndarray, logit_scale: float
+) -> np.ndarray:
+    """softmax_k(s cos(P_s phi, h_k)) under each projection sample: `(S, N, K)` (see `cosine_logits`)."""
+    import torch
+
+    return torch.softmax(cosine_logits(features, projections, text, logit_scale), dim=-1).numpy()

@@ -1,7 +1,7 @@
 """Shared pieces of the trained-head posteriors on cached embeddings (`ensemble`, `mimo`, `hetsngp`).
 
-All three read the same head inputs as the Laplace head (`laplace_head.prepare_head_inputs`
-for training, `laplace_head.head_inputs` for scoring): unit-normalised embeddings, centred and
+All three read the same head inputs as the Laplace head (`head_inputs.prepare_head_inputs`
+for training, `head_inputs.head_inputs` for scoring): unit-normalised embeddings, centred and
 scaled by `input_standardisation` (estimated from the pool), plus a bias column, and the same
 prior mean W_0 (the zero-shot classifier written for those inputs, or zero without class
 prompts). What differs is how the shared samples are made: ensemble

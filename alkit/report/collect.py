@@ -167,11 +167,10 @@ def test_predictions(project: Project, split: str = "test"):
     Raises StateError (with the fix) when there is no posterior or no labelled image there.
     """
     from alkit.workflows.evaluate import labelled_split
-    from alkit.workflows.fit import POSTERIOR_FEATURES
-    from alkit.workflows.predict import current_posterior
+    from alkit.workflows.current_posterior import current_posterior
 
     context, row, posterior = current_posterior(project)
-    features, labels_ = labelled_split(project, context, POSTERIOR_FEATURES.get(posterior.kind), split)
+    features, labels_ = labelled_split(project, context, posterior.feature_kind, split)
     return context.class_names, posterior.predict(features), labels_, row
 
 
@@ -195,14 +194,14 @@ def round_pool_scores(
     from alkit.errors import AlkitError
     from alkit.posterior.io import load_posterior
     from alkit.storage.vectors import embedded_image_ids
-    from alkit.workflows.fit import pool_context
+    from alkit.workflows.current_posterior import posterior_context
 
     if summary.strategy == "random":
         return _EMPTY, _EMPTY, "random selection: its scores are uniform draws, not a measure of the images"
     if summary.posterior_version is None:
         return _EMPTY, _EMPTY, f"selected by {summary.method}, without posterior scores"
     try:
-        context = pool_context(project)
+        context = posterior_context(project)
         with project.engine.connect() as connection:
             row = connection.execute(sa.select(posteriors).where(posteriors.c.version == summary.posterior_version)).first()
             earlier = set(connection.execute(

@@ -10,20 +10,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import sqlalchemy as sa
 
 from alkit.errors import StateError
+from alkit.jsonable import JsonResult
 from alkit.project import Project
 from alkit.storage.db import utcnow
 from alkit.storage.pool import class_rows, resolved_labels
-from alkit.storage.schema import state
+from alkit.storage.state import StateKey, read_state, write_state
 
-HISTORY_KEY = "eval_history"
 DEFAULT_BINS = 15
 
 
 @dataclass
-class EvalResult:
+class EvalResult(JsonResult):
     split: str
     n: int
     posterior_version: int
@@ -33,18 +32,11 @@ class EvalResult:
     per_class_accuracy: dict[str, float | None]
     files: dict[str, str] = field(default_factory=dict)
 
+    json_exclude = ("metrics",)  # flattened to the top level: `alkit eval --json` reads accuracy, nll, ... directly
+    json_names = {"map_metrics": "map"}
+
     def as_json(self) -> dict:
-        return {
-            **{k: self.metrics[k] for k in ("accuracy", "nll", "brier", "ece")},
-            "ece_bins": self.metrics["ece_bins"],
-            "n": self.n,
-            "split": self.split,
-            "posterior_version": self.posterior_version,
-            "labels_used": self.labels_used,
-            "map": self.map_metrics,
-            "per_class_accuracy": self.per_class_accuracy,
-            "files": self.files,
-        }
+        return {**{k: self.metrics[k] for k in ("accuracy", "nll", "brier", "ece", "ece_bins")}, **super().as_json()}
 
 
 def labelled_split(project: Project, context, feature_kind: str, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -68,11 +60,10 @@ def labelled_split(project: Project, context, feature_kind: str, split: str) -> 
 def evaluate(project: Project, split: str = "test", num_bins: int = DEFAULT_BINS, plot_dir: Path | None = None,
              record: bool = True) -> EvalResult:
     from alkit.metrics import per_class_accuracy, summary
-    from alkit.workflows.fit import POSTERIOR_FEATURES
-    from alkit.workflows.predict import current_posterior
+    from alkit.workflows.current_posterior import current_posterior
 
     context, row, posterior = current_posterior(project)
-    features, labels = labelled_split(project, context, POSTERIOR_FEATURES.get(posterior.kind), split)
+    features, labels = labelled_split(project, context, posterior.feature_kind, split)
     probs = posterior.predict(features)  # (n, K)
     map_probs = posterior.map_predict(features)  # (n, K)
     per_class = per_class_accuracy(probs, labels, len(context.class_names))
@@ -92,18 +83,13 @@ def evaluate(project: Project, split: str = "test", num_bins: int = DEFAULT_BINS
 
 def read_history(project: Project) -> list[dict]:
     with project.engine.connect() as connection:
-        value = connection.execute(sa.select(state.c.value).where(state.c.key == HISTORY_KEY)).scalar()
-    return list(value or [])
+        return list(read_state(connection, StateKey.EVAL_HISTORY) or [])
 
 
 def append_history(project: Project, entry: dict) -> None:
-    with project.engine.begin() as connection:
-        current = connection.execute(sa.select(state.c.value).where(state.c.key == HISTORY_KEY)).scalar()
-        updated = [*(current or []), entry]
-        if current is None:
-            connection.execute(state.insert().values(key=HISTORY_KEY, value=updated, updated_at=utcnow()))
-        else:
-            connection.execute(state.update().where(state.c.key == HISTORY_KEY).values(value=updated, updated_at=utcnow()))
+    with project.engine.begin() as connection:  # read and write in one transaction: concurrent evals both land
+        current = read_state(connection, StateKey.EVAL_HISTORY)
+        write_state(connection, StateKey.EVAL_HISTORY, [*(current or []), entry])
 
 
 def write_eval_plots(project: Project, result: EvalResult, probs, labels, directory: Path, num_bins: int) -> dict[str, str]:

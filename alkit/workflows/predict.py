@@ -6,15 +6,18 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
-import sqlalchemy as sa
 
-from alkit.errors import StateError
+from alkit.jsonable import JsonResult
 from alkit.project import Project
-from alkit.storage.schema import images
+from alkit.storage.images import paths_by_id
+from alkit.workflows.current_posterior import current_posterior
+
+CHUNK_ROWS = 8192  # images scored per chunk
+PROBABILITY_FLOOR = 1e-30  # p log p of a zero probability is taken as 0
 
 
 @dataclass
-class Prediction:
+class Prediction(JsonResult):
     image_id: int
     path: str
     predicted_class: str
@@ -24,31 +27,18 @@ class Prediction:
     probs: dict[str, float]
 
 
-def current_posterior(project: Project):
-    """(context, row, posterior) or a StateError saying to run `alkit fit`."""
-    from alkit.workflows.fit import load_current_posterior, pool_context
-
-    context = pool_context(project)
-    row, posterior = load_current_posterior(project, context)
-    if posterior is None:
-        raise StateError("no posterior for the current embeddings and classes; run `alkit fit` first")
-    return context, row, posterior
-
-
-def predict_split(project: Project, split: str | None = None, chunk_rows: int = 8192) -> Iterator[Prediction]:
+def predict_split(project: Project, split: str | None = None, chunk_rows: int = CHUNK_ROWS) -> Iterator[Prediction]:
     """Stream predictions for every embedded image (of one split, if given), ascending id."""
     from alkit.storage.vectors import iter_vector_chunks
-    from alkit.workflows.fit import POSTERIOR_FEATURES
 
     context, _, posterior = current_posterior(project)
-    kind = POSTERIOR_FEATURES.get(posterior.kind)
-    for ids, x in iter_vector_chunks(project, context.spec.id, split=split, kind=kind, chunk_rows=chunk_rows):
+    for ids, x in iter_vector_chunks(project, context.spec.id, split=split, kind=posterior.feature_kind, chunk_rows=chunk_rows):
         mean, variance = posterior.logit_moments(x)  # (n, K) each
         probs = posterior.predict(x)  # (n, K)
-        entropy = -(probs * np.log(np.clip(probs, 1e-30, 1.0))).sum(axis=1)
+        entropy = -(probs * np.log(np.clip(probs, PROBABILITY_FLOOR, 1.0))).sum(axis=1)
         best = probs.argmax(axis=1)
         with project.engine.connect() as connection:
-            paths = dict(connection.execute(sa.select(images.c.id, images.c.path).where(images.c.id.in_(ids.tolist()))).all())
+            paths = paths_by_id(connection, ids.tolist())
         for row, image_id in enumerate(ids.tolist()):
             yield Prediction(
                 image_id=image_id,

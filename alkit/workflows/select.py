@@ -122,9 +122,9 @@ def select_round(project: Project, settings: SelectSettings) -> SelectionResult:
 
     started = time.perf_counter()
     _validate(settings)
-    from alkit.workflows.fit import pool_context
+    from alkit.workflows.current_posterior import posterior_context
 
-    context = pool_context(project)
+    context = posterior_context(project)
     pool_ids = eligible_pool_ids(project, context.spec.id)
     if len(pool_ids) == 0:
         raise StateError(
@@ -184,7 +184,8 @@ def select_round(project: Project, settings: SelectSettings) -> SelectionResult:
 
 def _posterior_for_selection(project, context, settings: SelectSettings, notes: list[str]):
     """(version, posterior, method); builds a zero-shot posterior when none exists yet."""
-    from alkit.workflows.fit import FitSettings, fit_posterior, load_current_posterior
+    from alkit.workflows.current_posterior import load_current_posterior
+    from alkit.workflows.fit import FitSettings, fit_posterior
 
     if settings.strategy == "random":
         return None, None, "random"
@@ -203,9 +204,7 @@ def _posterior_for_selection(project, context, settings: SelectSettings, notes: 
 
 
 def _feature_kind(posterior) -> str:
-    from alkit.workflows.fit import POSTERIOR_FEATURES
-
-    return POSTERIOR_FEATURES.get(posterior.kind)
+    return posterior.feature_kind
 
 
 def _score(project, context, posterior, candidate_ids: np.ndarray, settings: SelectSettings, scorer, query_vectors) -> np.ndarray:
@@ -224,7 +223,7 @@ def _score(project, context, posterior, candidate_ids: np.ndarray, settings: Sel
         target_probs = posterior.sample_probs(weights, target_x)  # (S, M, K), same draws as the pool
     # Logits fast path (same scores up to float32 round-off): sampled logits in cache-sized
     # sub-chunks, no softmax / per-element log, sub-chunks on torch's threads.
-    fast = weights is not None and scorer.logits_function is not None and hasattr(posterior, "sample_logits")
+    fast = weights is not None and scorer.logits_function is not None and posterior.fast_sample_logits
     scores = np.empty(len(candidate_ids), dtype=np.float64)
     for start in range(0, len(candidate_ids), settings.chunk_size):
         chunk = candidate_ids[start : start + settings.chunk_size]

@@ -7,7 +7,8 @@ import sqlalchemy as sa
 from alkit.project import Project
 from alkit.storage.migrations import current_version
 from alkit.storage.pool import class_names, count_images_by, resolved_labels
-from alkit.storage.schema import ACTIVE_ROUND_STATUSES, Split, classes, embedding_specs, embeddings, images, labels, posteriors, round_items, rounds
+from alkit.storage.schema import ACTIVE_ROUND_STATUSES, Split, classes, embedding_specs, embeddings, images, labels, round_items, rounds
+from alkit.workflows.current_posterior import current_posterior_row
 
 
 def pool_status(project: Project) -> dict:
@@ -43,11 +44,8 @@ def pool_status(project: Project) -> dict:
             .order_by(embedding_specs.c.id)
         ).all()
         current = next((row for row in spec_rows if row.is_current), None)
-        query = sa.select(posteriors)
-        if current is not None:  # the posterior that selection would use is the current spec's newest
-            query = query.where(posteriors.c.spec_id == current.id)
-        posterior = connection.execute(query.order_by(posteriors.c.version.desc()).limit(1)).first()
         schema_version = current_version(connection)
+    posterior = current_posterior_row(project)  # the one select, predict and eval use
     open_rounds = [row for row in round_rows if row.status in ACTIVE_ROUND_STATUSES]  # selected or waiting in Label Studio
     return {
         "project": str(project.directory),

@@ -1,0 +1,171 @@
+"""`alkit fit --posterior bayesvlm`: the zero-shot base (pool curvature, `--factors` or `--pairs`)
+and the refit on the labels.
+
+Projection layout: the spec stores open_clip's `visual.proj` as `TextFeatures.P` `(d, D)`
+(g = phi @ P); `alkit.posterior.bayesvlm` works with its transpose, P `(D, d)` (g = P phi), as
+the BayesVLM paper writes it. `open_clip_to_bayesvlm` is the one place that converts.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import sqlalchemy as sa
+
+from alkit.errors import InputError, StateError
+from alkit.posterior.base import FeatureKind
+from alkit.project import Project
+from alkit.storage.schema import Split, images
+from alkit.storage.vectors import embedded_image_ids, load_vectors, load_vectors_in_order
+from alkit.workflows.current_posterior import PosteriorContext
+from alkit.workflows.fit_inputs import DEFAULT_PSEUDO_DATA, PSEUDO_DATA_GRID, FitSettings, TrainingSet
+
+FACTOR_FILES = ("A_img", "B_img", "A_txt", "B_txt", "n", "lam")  # `--factors DIR`: NAME.npy each
+REQUIRED_FACTORS = {"A_img", "B_img"}
+CAPTION_BATCH = 256  # captions per text-encoder call for `--pairs`
+
+
+def open_clip_to_bayesvlm(stored: np.ndarray) -> np.ndarray:
+    """open_clip's projection `(d, D)` -> BayesVLM's P `(D, d)`, float64."""
+    return np.asarray(stored, dtype=np.float64).T
+
+
+def build_bayesvlm(project: Project, context: PosteriorContext, training: TrainingSet, settings: FitSettings, parent_version):
+    """The zero-shot base, refitted on the labels (n chosen by their evidence unless --pseudo-data)."""
+    from alkit.posterior.bayesvlm_refit import refit_choosing_pseudo_data
+
+    base = bayesvlm_base(project, context, settings, exclude={int(i) for i in training.image_ids})
+    if not len(training.labels):
+        return base
+    candidates = [settings.pseudo_data] if settings.pseudo_data is not None else list(PSEUDO_DATA_GRID)
+    return refit_choosing_pseudo_data(
+        base, training.features, training.labels, candidates, seed=settings.seed, parent_version=parent_version
+    )
+
+
+def bayesvlm_base(project: Project, context: PosteriorContext, settings: FitSettings, exclude: set[int] = frozenset()):
+    from alkit.posterior.bayesvlm import BayesVLMPosterior
+
+    text = context.text
+    if text.P is None or text.text_emb is None or not context.spec.phi_dim:
+        raise StateError(
+            f"embedding spec {context.spec.name!r} has no projection layer or class-prompt features, so BayesVLM "
+            "cannot be built; use --posterior laplace_head or embed with an open_clip model"
+        )
+    projection = open_clip_to_bayesvlm(text.P)
+    scale = math.exp(text.logit_scale)
+    if settings.factors_dir:
+        return _from_factors(Path(settings.factors_dir), projection, context, scale, settings)
+    if settings.pairs_csv:
+        return _from_pairs(project, Path(settings.pairs_csv), projection, context, scale, settings)
+    # Labelled images enter the refit's curvature with their labels; leaving them in the
+    # zero-shot curvature as well would count them twice.
+    pool_ids = [i for i in embedded_image_ids(project, context.spec.id, images.c.split == Split.POOL.value).tolist() if i not in exclude]
+    if not pool_ids:
+        raise StateError("no embedded pool images to estimate the curvature from; run `alkit add` and `alkit embed`")
+    rng = np.random.default_rng(settings.seed)
+    if len(pool_ids) > settings.unlabelled_sample_size:
+        pool_ids = rng.choice(np.asarray(pool_ids), settings.unlabelled_sample_size, replace=False).tolist()
+    _, phi = load_vectors(project, context.spec.id, pool_ids, kind=FeatureKind.PHI)
+    return BayesVLMPosterior.from_pool_curvature(
+        phi, projection, text.text_emb, scale, settings.pseudo_data or DEFAULT_PSEUDO_DATA, settings.candidate_batch_size,
+        classes=context.class_names, embedding_spec_key=context.spec.key,
+    )
+
+
+def _from_factors(directory: Path, projection, context: PosteriorContext, scale: float, settings: FitSettings):
+    from alkit.posterior.bayesvlm import BayesVLMPosterior
+
+    arrays = {}
+    for name in FACTOR_FILES:
+        path = directory / f"{name}.npy"
+        if path.is_file():
+            arrays[name] = np.load(path, allow_pickle=False)
+    missing = REQUIRED_FACTORS - set(arrays)
+    if missing:
+        raise InputError(f"{directory} lacks {', '.join(sorted(missing))}.npy; factors are A_img, B_img[, A_txt, B_txt, n, lam] as .npy")
+    pseudo = float(arrays["n"]) if "n" in arrays else (settings.pseudo_data or DEFAULT_PSEUDO_DATA)
+    lam = float(arrays["lam"]) if "lam" in arrays else None
+    return BayesVLMPosterior.from_factors(
+        arrays["A_img"], arrays["B_img"], projection, context.text.text_emb, scale, pseudo, lam,
+        classes=context.class_names, embedding_spec_key=context.spec.key,
+        curvature_source=f"factors from {directory}",
+    )
+
+
+def read_pairs_csv(path: Path) -> list[tuple[str, str]]:
+    """`image_path,caption` rows of a pairs file (header required)."""
+    import csv
+
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            if reader.fieldnames is None or not {"image_path", "caption"} <= {f.strip() for f in reader.fieldnames}:
+                raise InputError(f"{path}: needs a header with columns image_path,caption; found {reader.fieldnames}")
+            rows = [((row.get("image_path") or "").strip(), (row.get("caption") or "").strip()) for row in reader]
+    except OSError as error:
+        raise InputError(f"cannot read {path}: {error.strerror}; check the path") from None
+    except (csv.Error, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: not a readable UTF-8 CSV ({error})") from None
+    empty = [n for n, (image, caption) in enumerate(rows, start=2) if not image or not caption]
+    if empty:
+        raise InputError(f"{path}:{empty[0]}: empty image_path or caption ({len(empty)} such rows); fix or delete them")
+    if not rows:
+        raise InputError(f"{path} has no pairs; add image_path,caption rows")
+    return rows
+
+
+def _pair_image_ids(project: Project, path: Path, rows: list[tuple[str, str]]) -> list[int]:
+    """Pool image id of each pair's image (relative to the CSV or the working directory)."""
+    with project.engine.connect() as connection:
+        known = dict(connection.execute(sa.select(images.c.path, images.c.id)).all())
+    image_ids, missing = [], []
+    for raw, _ in rows:
+        candidates = [os.path.realpath(path.parent / raw), os.path.realpath(raw)]
+        found = next((known[c] for c in candidates if c in known), None)
+        (missing if found is None else image_ids).append(raw if found is None else found)
+    if missing:
+        raise InputError(
+            f"{len(missing)} of {len(rows)} pair images are not in the pool (first: {missing[0]}); "
+            "`alkit add` and `alkit embed` them first"
+        )
+    return image_ids
+
+
+def _from_pairs(project: Project, path: Path, projection, context: PosteriorContext, scale: float, settings: FitSettings):
+    """Both projections' KFAC factors from user image-caption pairs (InfoNCE both ways)."""
+    from alkit.arrays import l2_normalise
+    from alkit.posterior.bayesvlm import BayesVLMPosterior
+    from alkit.posterior.kfac import kfac_factors
+    from alkit.workflows.embed_model import encoder_for_spec
+
+    rows = read_pairs_csv(path)
+    image_ids = _pair_image_ids(project, path, rows)
+    phi = load_vectors_in_order(project, context.spec.id, image_ids, kind=FeatureKind.PHI)  # pair order; images may repeat
+    image_emb = l2_normalise(load_vectors_in_order(project, context.spec.id, image_ids))
+    encoder = encoder_for_spec(project, context.spec)
+    captions = [caption for _, caption in rows]
+    text_emb, psi = [], []
+    for start in range(0, len(captions), CAPTION_BATCH):
+        emb, features = encoder.encode_texts(captions[start : start + CAPTION_BATCH])
+        text_emb.append(emb.numpy())
+        psi.append(None if features is None else features.numpy())
+    caption_emb = l2_normalise(np.concatenate(text_emb))
+    batch = settings.candidate_batch_size
+    image_side = kfac_factors(phi, projection, caption_emb, scale, batch, "infonce")  # softmax over captions
+    text = context.text
+    text_kwargs = {}
+    if psi[0] is not None and text.Q is not None and text.psi is not None:
+        q_projection = open_clip_to_bayesvlm(text.Q)  # (d_t, D) -> (D, d_t)
+        text_side = kfac_factors(np.concatenate(psi), q_projection, image_emb, scale, batch, "infonce")  # softmax over images
+        text_kwargs = dict(A_txt=text_side.A, B_txt=text_side.B, text_features=text.psi, text_projection=q_projection)
+    return BayesVLMPosterior.from_factors(
+        image_side.A, image_side.B, projection, text.text_emb, scale, settings.pseudo_data or DEFAULT_PSEUDO_DATA,
+        num_inputs=len(rows), classes=context.class_names, embedding_spec_key=context.spec.key,
+        curvature_source=f"{len(rows)} image-caption pairs from {path.name}"
+        + (" (image and text projections)" if text_kwargs else " (image projection)"),
+        candidate_batch_size=batch, **text_kwargs,
+    )
