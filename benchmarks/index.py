@@ -32,7 +32,8 @@ import time
 
 import numpy as np
 
-from alkit.retrieval.index import IndexSettings, apply_search_settings, build_index, default_nlist, search  # noqa: E402
+from alkit.retrieval.index import apply_search_settings, build_index, search  # noqa: E402
+from alkit.retrieval.settings import IndexSettings, default_nlist  # noqa: E402
 
 
 def clustered_unit_vectors(n: int, dim: int, centres: np.ndarray, weights: np.ndarray, spreads: np.ndarray,

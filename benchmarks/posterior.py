@@ -31,7 +31,8 @@ def mc_mean(post, weights, x, chunk):
     """Mean of the S shared-sample softmaxes `(N, K)`: logits fast path (one matmul against the
     stacked sampled heads per cache-sized chunk, exp once, no normalised (S, n, K) probs), chunks
     on torch's threads."""
-    from alkit.acquisition.scores import mean_probs_from_logits, parallel_for
+    from alkit.acquisition.logits import mean_probs_from_logits
+    from alkit.acquisition.tensors import parallel_for
 
     out = np.empty((x.shape[0], post.num_classes), dtype=np.float32)
 

@@ -6,6 +6,7 @@ from typing import Optional
 
 import typer
 
+from alkit.retrieval.settings import DEFAULT_NEIGHBOURS, DUPLICATE_THRESHOLD, IndexKind, IndexSettings
 from alkit_cli import checks
 from alkit_cli.render import echo_table, emit_json, emit_json_lines
 
@@ -15,16 +16,16 @@ app = typer.Typer(help="The FAISS index over the current embeddings.", no_args_i
 @app.command("build")
 def build(
     ctx: typer.Context,
-    kind: str = typer.Option("auto", "--kind", help="auto | flat | ivf | hnsw."),
+    kind: str = typer.Option(IndexSettings.kind.value, "--kind", help=f"{' | '.join(k.value for k in IndexKind)}."),
     nlist: Optional[int] = typer.Option(None, "--nlist", help="IVF cells [default: ~4 sqrt(N)]."),
     pq: Optional[int] = typer.Option(None, "--pq", help="IVF-PQ bytes per vector (divides D); omit for IVF-flat."),
-    nprobe: int = typer.Option(16, "--nprobe", help="IVF cells scanned per query."),
+    nprobe: int = typer.Option(IndexSettings.nprobe, "--nprobe", help="IVF cells scanned per query."),
     json_output: bool = typer.Option(False, "--json"),
 ) -> None:
     """Build, extend or rebuild the index so it covers every embedded image."""
     from alkit.workflows.index import build_index
 
-    checks.choice(kind, "--kind", ("auto", "flat", "ivf", "hnsw"))
+    checks.choice(kind, "--kind", [k.value for k in IndexKind])
     checks.number(nlist, "--nlist", 1)
     checks.number(pq, "--pq", 1)
     checks.number(nprobe, "--nprobe", 1)
@@ -41,7 +42,7 @@ def similar(
     image: Optional[str] = typer.Argument(None, help="An image file (in the pool or not)."),
     text: Optional[str] = typer.Option(None, "--text", help="A text query (open_clip embeddings only)."),
     image_id: Optional[int] = typer.Option(None, "--id", help="A pool image id."),
-    k: int = typer.Option(20, "-k", help="Neighbours to return."),
+    k: int = typer.Option(DEFAULT_NEIGHBOURS, "-k", help="Neighbours to return."),
     json_output: bool = typer.Option(False, "--json", help="JSON lines, one per neighbour."),
 ) -> None:
     """Nearest neighbours of an image, a text query or a pool image."""
@@ -60,7 +61,7 @@ def similar(
 
 def dedup(
     ctx: typer.Context,
-    threshold: float = typer.Option(0.95, "--threshold", help="Cosine at or above which two images are near-duplicates."),
+    threshold: float = typer.Option(DUPLICATE_THRESHOLD, "--threshold", help="Cosine at or above which two images are near-duplicates."),
     json_output: bool = typer.Option(False, "--json"),
 ) -> None:
     """List clusters of near-duplicate images."""

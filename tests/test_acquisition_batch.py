@@ -111,7 +111,7 @@ def ref_greedy_without_duplicates(order, embeddings, budget, threshold) -> list[
     for i in order:
         if len(kept) == budget:
             break
-        if all(float(unit[i] @ unit[j]) <= threshold for j in kept):
+        if all(float(unit[i] @ unit[j]) < threshold for j in kept):
             kept.append(int(i))
     return kept
 
@@ -134,7 +134,7 @@ def test_near_duplicate_suppression_never_keeps_close_pairs(seed, num_items, dim
     unit = embeddings[kept] / np.linalg.norm(embeddings[kept], axis=1, keepdims=True)
     cosines = unit @ unit.T - 2 * np.eye(len(kept))
     assert len(kept) <= budget and len(set(kept.tolist())) == len(kept)
-    assert len(kept) < 2 or cosines.max() <= threshold + 1e-12
+    assert len(kept) < 2 or cosines.max() < threshold + 1e-12
     assert kept.tolist() == ref_greedy_without_duplicates(order, embeddings, budget, threshold)
 
 

@@ -6,7 +6,7 @@ import torch
 from scipy.stats import spearmanr
 
 from alkit.acquisition.analytic_bald import analytic_bald
-from alkit.acquisition.scores import bald_from_logits
+from alkit.acquisition.logits import bald_from_logits
 from alkit.errors import InputError
 
 

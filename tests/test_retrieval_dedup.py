@@ -1,4 +1,5 @@
-"""Near-duplicate clusters and batch suppression against brute-force pairwise references."""
+"""Near-duplicate clusters and batch suppression against brute-force pairwise references
+(one rule for both: cosine >= threshold, `alkit.acquisition.batch.is_near_duplicate`)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from conftest import unit_rows
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from alkit.acquisition.batch import select_without_near_duplicates
 from alkit.errors import InputError
-from alkit.retrieval.dedup import near_duplicate_clusters, suppress_near_duplicates
-from alkit.retrieval.index import IndexSettings, build_index
+from alkit.retrieval.dedup import near_duplicate_clusters
+from alkit.retrieval.index import build_index
+from alkit.retrieval.settings import IndexSettings
 
 
 pytestmark = pytest.mark.usefixtures("one_faiss_thread")
@@ -95,7 +98,7 @@ def test_ivf_index_finds_planted_duplicates_with_all_cells_probed():
 def test_suppression_keeps_the_best_ranked_of_each_near_duplicate_group(seed, n_base, n_copies, threshold):
     ids, vectors = planted_set(seed, n_base, n_copies, noise=0.05)
     assume(far_from_threshold(vectors, threshold))
-    kept = suppress_near_duplicates(ids, vectors, threshold)
+    kept = ids[select_without_near_duplicates(np.arange(len(ids)), vectors, len(ids), threshold)]
     cosine = vectors.astype(np.float64) @ vectors.astype(np.float64).T
     expected: list[int] = []
     for position in range(len(ids)):  # greedy in rank order, plain loop
@@ -108,3 +111,13 @@ def test_threshold_outside_the_cosine_range_is_rejected():
     ids, vectors = planted_set(seed=0, n_base=3, n_copies=0, noise=0.0)
     with pytest.raises(InputError, match=r"\[-1, 1\]"):
         near_duplicate_clusters(vectors, ids, threshold=95)
+
+
+def test_a_pair_exactly_at_the_threshold_is_a_near_duplicate_for_both_clusters_and_suppression():
+    """The same rule in `alkit dedup` and in `alkit select`: cosine == threshold counts."""
+    vectors = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)  # cosine exactly 0
+    ids = np.array([10, 11], dtype=np.int64)
+    assert near_duplicate_clusters(vectors, ids, threshold=0.0) == [[10, 11]]
+    assert select_without_near_duplicates(np.arange(2), vectors, 2, threshold=0.0).tolist() == [0]
+    assert near_duplicate_clusters(vectors, ids, threshold=1e-6) == []
+    assert select_without_near_duplicates(np.arange(2), vectors, 2, threshold=1e-6).tolist() == [0, 1]

@@ -18,18 +18,9 @@ from alkit.retrieval.errors import (
     IndexMissingError,
     SpecMismatchError,
 )
-from alkit.retrieval.index import (
-    IndexKind,
-    IndexSettings,
-    add_to_index,
-    apply_search_settings,
-    build_index,
-    choose_kind,
-    default_nlist,
-    resolve_settings,
-    search,
-)
+from alkit.retrieval.index import add_to_index, apply_search_settings, build_index, search
 from alkit.retrieval.manifest import IDS_FILE, INDEX_FILE, MANIFEST_FILE, ids_checksum
+from alkit.retrieval.settings import IndexKind, IndexSettings, choose_kind, default_nlist, resolve_settings
 from alkit.retrieval.store import ensure_index, load_index, save_index
 
 
@@ -418,7 +409,7 @@ def test_pq_with_exact_reranking_reaches_brute_force_recall():
 
 
 def test_auto_compresses_past_the_threshold_and_hnsw_stays_explicit():
-    from alkit.retrieval.index import AUTO_PQ_THRESHOLD, AUTO_IVF_THRESHOLD, default_pq_m, resolve_settings
+    from alkit.retrieval.settings import AUTO_PQ_THRESHOLD, AUTO_IVF_THRESHOLD, default_pq_m, resolve_settings
 
     assert default_pq_m(512) == 128 and 96 % default_pq_m(96) == 0
     assert resolve_settings(AUTO_PQ_THRESHOLD, 512, IndexSettings()).pq_m == 128

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from alkit.errors import InputError
-from alkit.retrieval.index import IndexSettings, build_index
+from alkit.retrieval.index import build_index
+from alkit.retrieval.settings import IndexSettings
 from alkit.retrieval.neighbours import candidates_near, round_robin_union
 
 

@@ -40,7 +40,7 @@ import math
 
 import numpy as np
 
-from alkit.acquisition.scores import parallel_for
+from alkit.acquisition.tensors import parallel_for
 from alkit.errors import InputError
 
 KAPPA = math.pi / 8.0  # logistic(z) ~ Phi(sqrt(kappa) z)

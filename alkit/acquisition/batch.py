@@ -10,22 +10,34 @@ beta -> infinity recovers top-B, beta = 0 is uniform random.
 
 Seeds: the Gumbel keys depend only on (seed, N), so with one seed a larger budget returns
 an extension of the smaller batch (prefix-consistent) - which is what
-`select_without_near_duplicates` uses as its candidate order.
+`select_diverse_batch` relies on when it extends the candidate order step by step.
+
+`batchbald` (greedy joint mutual information, `alkit.acquisition.batchbald`) is registered
+here too: a joint mode, it chooses from the posterior samples' probabilities of a shortlist,
+so `select_batch` needs a `sample_probs` function for it.
+
+Near-duplicates, one rule everywhere (`is_near_duplicate`): two items whose cosine similarity
+is >= the threshold are near-duplicates. `select_diverse_batch` (`alkit select`) keeps a batch
+free of them; `alkit dedup` clusters them (`alkit.retrieval.dedup`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
+from alkit.acquisition.batchbald import SHORTLIST, batchbald_batch, shortlist_size
 from alkit.errors import InputError, StateError
 from alkit.registry import Registry
 
 DEFAULT_MODE = "power"
 DEFAULT_BETA = 1.0
+ORDER_OVERSAMPLE = 4  # candidates drawn per budget slot before near-duplicate suppression ...
+ORDER_SLACK = 64  # ... plus this many, so small budgets still see a few spare draws
+ORDER_GROWTH = 4  # the candidate order grows by this factor while suppression leaves < B items
 
-BatchSelector = Callable[..., np.ndarray]  # (scores (N,), budget, seed, beta) -> indices (B,)
 
 
 def _validated_scores(scores, budget: int) -> np.ndarray:
@@ -107,34 +119,69 @@ def softrank(scores, budget: int, seed: int = 0, beta: float = DEFAULT_BETA) -> 
     return gumbel_top(log_weights, budget, seed)
 
 
-BATCH_MODES: Registry[BatchSelector] = Registry("batch mode")
-BATCH_MODES.register("top", top, "the B highest scores (deterministic; picks near-duplicates)")
-BATCH_MODES.register("power", power, "sample without replacement, P proportional to score^beta (default)")
-BATCH_MODES.register("softmax", softmax, "sample without replacement, P proportional to exp(beta * score)")
-BATCH_MODES.register("softrank", softrank, "sample without replacement, P proportional to rank^-beta")
+@dataclass(frozen=True)
+class BatchMode:
+    """A registered batch mode. Score modes map `(scores, budget, seed, beta)` to indices;
+    joint modes also take `sample_probs(positions) -> (S, n, K)` (they need a posterior)."""
+
+    function: Callable[..., np.ndarray]
+    description: str
+    joint: bool = False
+    note: Callable[[int, int], str] | None = None  # (candidates, budget) -> what the mode tells the user
+
+
+BATCH_MODES: Registry[BatchMode] = Registry("batch mode")
+for _name, _mode in {
+    "top": BatchMode(top, "the B highest scores (deterministic; picks near-duplicates)"),
+    "power": BatchMode(power, "sample without replacement, P proportional to score^beta (default)"),
+    "softmax": BatchMode(softmax, "sample without replacement, P proportional to exp(beta * score)"),
+    "softrank": BatchMode(softrank, "sample without replacement, P proportional to rank^-beta"),
+    "batchbald": BatchMode(
+        batchbald_batch, f"greedy joint mutual information (BatchBALD) over the top {SHORTLIST} by the strategy's score",
+        joint=True, note=lambda candidates, budget: f"BatchBALD chose {budget} of the top {shortlist_size(candidates, budget)} items",
+    ),
+}.items():
+    BATCH_MODES.register(_name, _mode, _mode.description)
 
 
 def select_batch(
-    scores, budget: int, mode: str = DEFAULT_MODE, seed: int = 0, beta: float = DEFAULT_BETA
+    scores, budget: int, mode: str = DEFAULT_MODE, seed: int = 0, beta: float = DEFAULT_BETA,
+    sample_probs: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> np.ndarray:
-    """Select B indices by the named batch mode (`BATCH_MODES`), in draw order."""
-    return BATCH_MODES.get(mode)(scores, budget, seed=seed, beta=beta)
+    """Select B indices by the named batch mode (`BATCH_MODES`), in draw order.
+
+    Joint modes (`batchbald`) need `sample_probs(positions) -> (S, n, K)`."""
+    spec = BATCH_MODES.get(mode)
+    if not spec.joint:
+        return spec.function(scores, budget, seed=seed, beta=beta)
+    if sample_probs is None:
+        raise InputError(
+            f"batch mode {mode!r} chooses from posterior samples and needs a posterior; "
+            "use --batch-mode top, power, softmax or softrank with this strategy"
+        )
+    return spec.function(_validated_scores(scores, budget), budget, sample_probs, seed=seed, beta=beta)
+
+
+def is_near_duplicate(similarity, threshold: float):
+    """The one near-duplicate rule: cosine similarity >= threshold (elementwise on arrays)."""
+    return similarity >= threshold
 
 
 def select_without_near_duplicates(
     order, embeddings: np.ndarray, budget: int, threshold: float
 ) -> np.ndarray:
-    """Walk candidates in `order` and keep each one whose cosine similarity to every item
-    already kept is <= `threshold`, until B are kept.
+    """Walk candidates in `order` and keep each one that is not a near-duplicate
+    (`is_near_duplicate`: cosine >= `threshold`) of an item already kept, until B are kept.
 
     `order` is a 1-D array of candidate indices, most preferred first: e.g. `top(scores, N)`
     or a stochastic `power(scores, N, seed)` (the same seed gives the same ordering).
     `embeddings (N, D)` need not be unit norm: rows are normalised as they are visited.
     Each candidate costs one `(kept, D) x (D,)` product against the kept matrix.
 
-    Guarantee: no two returned items have cosine > threshold. If fewer than B candidates
-    survive (the order is exhausted), the shorter array of survivors is returned: the caller
-    decides whether to report it, lower the threshold or top up.
+    Guarantee: no two returned items have cosine >= threshold, and an item is dropped only
+    for a better-placed kept one. If fewer than B candidates survive (the order is exhausted),
+    the shorter array of survivors is returned: the caller decides whether to report it,
+    raise the threshold or top up.
     """
     candidates = np.asarray(order, dtype=np.int64)
     vectors = np.asarray(embeddings)
@@ -152,7 +199,7 @@ def select_without_near_duplicates(
         vector = vectors[index].astype(np.float64)
         norm = np.linalg.norm(vector)
         vector = vector / norm if norm > 0 else vector
-        if kept and float(np.max(kept_vectors[: len(kept)] @ vector)) > threshold:
+        if kept and is_near_duplicate(float(np.max(kept_vectors[: len(kept)] @ vector)), threshold):
             continue
         kept_vectors[len(kept)] = vector
         kept.append(int(index))
@@ -161,16 +208,29 @@ def select_without_near_duplicates(
 
 def select_diverse_batch(
     scores,
-    embeddings: np.ndarray,
+    embeddings: np.ndarray | Callable[[np.ndarray], np.ndarray],
     budget: int,
     threshold: float,
     mode: str = DEFAULT_MODE,
     seed: int = 0,
     beta: float = DEFAULT_BETA,
 ) -> np.ndarray:
-    """`select_batch` followed by near-duplicate suppression: the candidate order is the
-    full draw order of the batch mode (N items), so suppressed items are replaced by the
-    next draws. Returns fewer than B indices only when fewer than B items survive."""
+    """`select_batch` followed by near-duplicate suppression: suppressed items are replaced by
+    the next draws of the same batch mode. Returns fewer than B indices only when fewer than
+    B items of the whole pool survive.
+
+    `embeddings` is `(N, D)`, or a function `positions (n,) -> rows (n, D)` for pools too large
+    to hold: only the first `ORDER_OVERSAMPLE * B + ORDER_SLACK` draws are loaded, and more
+    (x `ORDER_GROWTH`) only while suppression leaves fewer than B. The draw order is
+    prefix-consistent, so the result equals suppression over the full order of N draws.
+    """
     values = _validated_scores(scores, budget)
-    order = select_batch(values, values.shape[0], mode=mode, seed=seed, beta=beta)
-    return select_without_near_duplicates(order, embeddings, budget, threshold)
+    num_items = values.shape[0]
+    rows_of = embeddings if callable(embeddings) else np.asarray(embeddings).__getitem__
+    draws = min(num_items, ORDER_OVERSAMPLE * budget + ORDER_SLACK)
+    while True:
+        order = select_batch(values, draws, mode=mode, seed=seed, beta=beta)
+        kept = select_without_near_duplicates(np.arange(len(order)), rows_of(order), budget, threshold)
+        if len(kept) == budget or draws == num_items:
+            return order[kept]
+        draws = min(num_items, draws * ORDER_GROWTH)

@@ -16,12 +16,17 @@ Numpy float64 throughout (small inputs; accuracy matters more than speed here).
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from alkit.errors import InputError, StateError
 
 # Floats per (configs, candidates, K) block; 4M float64 = 32 MB.
 _BLOCK_ELEMENTS = 1 << 22
+SHORTLIST = 256
+"""As a batch mode, BatchBALD chooses among the top max(B, SHORTLIST) items by the strategy's
+single-point score: its cost grows with N * K^|A| per step, so the full pool is out of reach."""
 
 
 def _entr(values: np.ndarray) -> np.ndarray:
@@ -146,3 +151,24 @@ def batchbald(
             else:
                 config_probs = None
     return np.asarray(chosen, dtype=np.int64)
+
+
+def shortlist_size(num_items: int, budget: int) -> int:
+    """How many top-scored items the `batchbald` batch mode chooses among."""
+    return min(num_items, max(budget, SHORTLIST))
+
+
+def batchbald_batch(scores, budget: int, sample_probs: Callable[[np.ndarray], np.ndarray], seed: int = 0,
+                    beta: float = 1.0) -> np.ndarray:
+    """The `batchbald` batch mode: greedy BatchBALD over the `shortlist_size` best-scored items.
+
+    `sample_probs(positions)` returns the shared posterior samples' probabilities `(S, n, K)`
+    of those positions (ascending, so rows can be loaded in storage order). Returns positions
+    into `scores` `(B,)` in selection order. `beta` is unused (the mode is deterministic).
+    """
+    values = np.asarray(scores, dtype=np.float64)
+    shortlist = np.sort(np.argsort(-values, kind="stable")[: shortlist_size(len(values), budget)])
+    probs = sample_probs(shortlist)
+    if np.shape(probs)[1] != len(shortlist):
+        raise InputError(f"sample_probs returned {np.shape(probs)[1]} rows for {len(shortlist)} positions")
+    return shortlist[batchbald(probs, budget, seed=seed)]

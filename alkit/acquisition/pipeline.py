@@ -1,5 +1,8 @@
 """Score a pool in chunks with memory bounded by one chunk of `(S, n, K)` probabilities.
 
+`score_pool` is what `alkit select` runs: features loaded chunk by chunk, each chunk scored
+by `score_features` (analytic moments, the logits fast path, or probabilities).
+
 The caller supplies `predict_chunk(start, stop) -> probs (S, stop - start, K)`, built from
 posterior samples drawn ONCE (`Posterior.sample_weights`), and, for EPIG, the target probs
 `(S, M, K)` from the same samples. Sharing the draws across chunks and targets is what
@@ -12,13 +15,19 @@ from typing import Callable
 
 import numpy as np
 
-from alkit.acquisition.scores import get_scorer, parallel_for, random_scores
-from alkit.errors import InputError
+from alkit.acquisition.scores import ScorerSpec, get_scorer
+from alkit.acquisition.tensors import parallel_for
+from alkit.arrays import chunk_slices
+from alkit.errors import InputError, IntegrityError
 
 DEFAULT_CHUNK_SIZE = 4096
 # Items per predict_logits call on the logits fast path: 128 x S=64 x K=100 logits = 3.3 MB,
 # so the sampled-head matmul's output is still in cache when the scorer reads it.
 LOGITS_CHUNK_SIZE = 128
+
+# Pool items whose features are loaded (and scored) at once by `score_pool`: 8192 x 512 float32
+# features = 16 MB, and the sampled probabilities of one chunk stay a few hundred MB at most.
+POOL_CHUNK_SIZE = 8192
 
 PredictChunk = Callable[[int, int], np.ndarray]  # (start, stop) -> probs (S, stop - start, K)
 PredictLogits = Callable[[int, int], object]  # (start, stop) -> logits (S, stop - start, K), array or tensor
@@ -39,8 +48,8 @@ def score_in_chunks(
     spec = get_scorer(scorer_name)
     if chunk_size < 1:
         raise InputError(f"chunk_size must be >= 1, got {chunk_size}")
-    if spec.function is random_scores:
-        return random_scores(num_items, seed)
+    if not spec.uses_posterior:
+        return spec.function(num_items, seed)
     if spec.needs_targets and targets_probs is None:
         raise InputError(f"scorer {scorer_name!r} needs target probs (S, M, K); mark a target split or pass targets")
     scores = np.empty(num_items, dtype=np.float64)
@@ -58,7 +67,7 @@ def score_in_chunks(
 def score_logits_in_chunks(
     predict_logits: PredictLogits,
     num_items: int,
-    scorer_name: str,
+    scorer_name: str | ScorerSpec,
     chunk_size: int = LOGITS_CHUNK_SIZE,
     workers: int | None = None,
 ) -> np.ndarray:
@@ -73,7 +82,7 @@ def score_logits_in_chunks(
     Chunks run on `workers` threads (default torch's thread count, see `scores.parallel_for`),
     so `predict_logits` must be thread-safe (pure functions of the shared samples are).
     """
-    spec = get_scorer(scorer_name)
+    spec = scorer_name if isinstance(scorer_name, ScorerSpec) else get_scorer(scorer_name)
     if chunk_size < 1:
         raise InputError(f"chunk_size must be >= 1, got {chunk_size}")
     if spec.logits_function is None:
@@ -107,3 +116,58 @@ def top_candidates(values: np.ndarray, keep: int) -> np.ndarray:
     if keep < 1:
         raise InputError(f"keep must be >= 1, got {keep}")
     return np.sort(np.argpartition(-values, keep - 1)[:keep])
+
+
+def score_features(spec: ScorerSpec, posterior, x: np.ndarray, weights=None, target_probs=None,
+                   sample_logits: Callable | None = None) -> np.ndarray:
+    """Scores `(n,)` of one block of features `x (n, D)` under `posterior`.
+
+    In order of preference: the scorer's analytic `moments_function` (no samples), the logits
+    fast path when `sample_logits(weights, x)` is given and the scorer has a `logits_function`
+    (same scores up to float32 round-off: sampled logits in cache-sized sub-chunks, no softmax
+    and no per-element log, sub-chunks on torch's threads), else probabilities: the S shared
+    samples' `(S, n, K)` when `weights` are given, the analytic predictive `(1, n, K)` otherwise.
+    """
+    if spec.moments_function is not None:
+        return spec.moments_function(*posterior.logit_moments(x))
+    if weights is not None and spec.logits_function is not None and sample_logits is not None:
+        return score_logits_in_chunks(lambda a, b: sample_logits(weights, x[a:b]), len(x), spec)
+    probs = posterior.predict(x)[None] if weights is None else posterior.sample_probs(weights, x)
+    return spec.score(probs, probs_target=target_probs)
+
+
+def score_pool(spec: ScorerSpec, posterior, load_features: Callable[[np.ndarray], np.ndarray], ids: np.ndarray,
+               weights=None, target_probs=None, sample_logits: Callable | None = None,
+               chunk_size: int = POOL_CHUNK_SIZE) -> np.ndarray:
+    """Scores `(N,)` float64 of the items `ids`, `chunk_size` at a time: `load_features(chunk_ids)`
+    returns their features `(n, D)` in the same order; every chunk uses the same `weights`."""
+    scores = np.empty(len(ids), dtype=np.float64)
+    for part in chunk_slices(len(ids), chunk_size):
+        scores[part] = score_features(spec, posterior, load_features(ids[part]), weights, target_probs, sample_logits)
+    return scores
+
+
+def check_finite_scores(scores: np.ndarray, item_ids: np.ndarray, strategy: str) -> None:
+    """A NaN or infinite score is an error naming the images, never a silent zero."""
+    bad = np.flatnonzero(~np.isfinite(scores))
+    if bad.size:
+        raise IntegrityError(
+            f"{bad.size} of {len(scores)} {strategy} scores are not finite (image ids "
+            f"{', '.join(str(int(i)) for i in item_ids[bad[:5]])}); their stored vectors are probably "
+            "zero or corrupt: re-embed those images (`alkit embed`) or re-import the embeddings"
+        )
+
+
+def promote_samples(weights):
+    """The same shared posterior draws in float64 (every float32 array field of the draws'
+    dataclass is cast; anything else is returned unchanged)."""
+    import dataclasses
+
+    if weights is None or not dataclasses.is_dataclass(weights):
+        return weights
+    changes = {
+        f.name: getattr(weights, f.name).astype(np.float64)
+        for f in dataclasses.fields(weights)
+        if isinstance(getattr(weights, f.name), np.ndarray) and getattr(weights, f.name).dtype == np.float32
+    }
+    return dataclasses.replace(weights, **changes) if changes else weights

@@ -1,8 +1,9 @@
 """Near-duplicate images: clusters of items whose embeddings have cosine >= a threshold.
 
 `near_duplicate_clusters` (for `alkit dedup`) links every pair at or above the threshold,
-found by a FAISS range search, and returns the connected components. `suppress_near_duplicates`
-(for selection) keeps a ranked batch free of near-duplicates of higher-ranked picks.
+found by a FAISS range search, and returns the connected components. The rule is the one
+of `alkit.acquisition.batch.is_near_duplicate`, whose `select_without_near_duplicates` keeps a
+selected batch free of near-duplicates.
 
 Range search runs with a small margin below the threshold and every candidate pair is
 re-checked with exact float64 cosine, so the result does not depend on float32 rounding.
@@ -12,8 +13,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from alkit.acquisition.batch import is_near_duplicate
+from alkit.arrays import chunk_slices
 from alkit.errors import InputError
-from alkit.retrieval.index import FaissIndex, IndexKind
+from alkit.retrieval.index import FaissIndex
+from alkit.retrieval.settings import IndexKind
 
 EXACT_MARGIN = 1e-4
 """Range-search radius below the threshold for exact scores (float32 rounding is ~1e-6)."""
@@ -70,19 +74,19 @@ def _pairs_at_or_above(vectors: np.ndarray, ids: np.ndarray, threshold: float,
         margin = PQ_MARGIN if is_pq else EXACT_MARGIN
     offset = None if index is None else index.offset
     lefts, rights = [], []
-    for start in range(0, len(vectors), QUERY_CHUNK):
-        chunk = vectors[start:start + QUERY_CHUNK]
+    for part in chunk_slices(len(vectors), QUERY_CHUNK):
+        chunk = vectors[part]
         # a centred IVF index scores <q, x> - <q, o>: one radius low enough for every query of the chunk
         shift = np.zeros(len(chunk), np.float32) if offset is None else chunk @ offset  # (chunk,)
         limits, _, found = searcher.range_search(chunk, float(threshold - margin - shift.max()))
-        query_pos = np.repeat(np.arange(start, start + len(chunk)), np.diff(limits.astype(np.int64)))
+        query_pos = np.repeat(np.arange(part.start, part.stop), np.diff(limits.astype(np.int64)))
         found_pos = _positions_of(found.astype(np.int64), to_position)
         keep = (found_pos >= 0) & (found_pos != query_pos)  # both directions: approximate search may find one
         lefts.append(np.minimum(query_pos[keep], found_pos[keep]))
         rights.append(np.maximum(query_pos[keep], found_pos[keep]))
     left, right = np.concatenate(lefts), np.concatenate(rights)
     exact = np.einsum("ij,ij->i", vectors[left].astype(np.float64), vectors[right].astype(np.float64))
-    close = exact >= threshold
+    close = is_near_duplicate(exact, threshold)
     return left[close], right[close]
 
 
@@ -109,21 +113,3 @@ def _connected_clusters(ids: np.ndarray, left: np.ndarray, right: np.ndarray) ->
     for position in members[np.argsort(ids[members], kind="stable")]:
         clusters.setdefault(int(labels[position]), []).append(int(ids[position]))
     return sorted(clusters.values(), key=lambda cluster: cluster[0])
-
-
-def suppress_near_duplicates(ranked_ids: np.ndarray, ranked_vectors: np.ndarray, threshold: float) -> np.ndarray:
-    """Keep ids in rank order, dropping any with cosine >= `threshold` to an already kept id.
-
-    For a selected batch (B items, best first): the result has no near-duplicate pair and
-    never drops an item unless a better-ranked kept item is its near-duplicate. O(B^2).
-    """
-    _check_threshold(threshold)
-    ranked_ids = np.asarray(ranked_ids, dtype=np.int64)
-    vectors = np.asarray(ranked_vectors, dtype=np.float64)
-    if len(vectors) != len(ranked_ids):
-        raise InputError(f"got {len(ranked_ids)} ids for {len(vectors)} vectors; pass one id per row")
-    similar = vectors @ vectors.T >= threshold  # (B, B)
-    kept = np.zeros(len(ranked_ids), dtype=bool)
-    for position in range(len(ranked_ids)):
-        kept[position] = not np.any(similar[position, :position] & kept[:position])
-    return ranked_ids[kept]

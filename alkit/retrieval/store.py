@@ -29,15 +29,7 @@ from alkit.retrieval.errors import (
     SpecMismatchError,
     StaleIndexError,
 )
-from alkit.retrieval.index import (
-    FaissIndex,
-    IndexKind,
-    IndexSettings,
-    add_to_index,
-    apply_search_settings,
-    build_index,
-    choose_kind,
-)
+from alkit.retrieval.index import FaissIndex, add_to_index, apply_search_settings, build_index
 from alkit.retrieval.manifest import (
     FORMAT_VERSION,
     IDS_FILE,
@@ -48,6 +40,7 @@ from alkit.retrieval.manifest import (
     ids_checksum,
     utc_now,
 )
+from alkit.retrieval.settings import IndexKind, IndexSettings, choose_kind
 
 log = logging.getLogger(__name__)
 

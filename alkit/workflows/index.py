@@ -1,4 +1,5 @@
-"""`alkit index build`, `alkit similar`, `alkit dedup`: the FAISS index of the current spec.
+"""`alkit index build`, `alkit similar`, `alkit dedup`: the FAISS index of the current spec,
+and the nearest pool candidates `alkit select --query/--like/--target` scores.
 
 The index lives in `.alkit/index/<spec key>/` with a manifest; every use goes through
 `ensure_index`, which loads it only when it covers exactly the spec's embedded images and
@@ -12,15 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import sqlalchemy as sa
 
+from alkit.arrays import l2_normalise
 from alkit.errors import InputError, StateError
+from alkit.jsonable import JsonResult
 from alkit.project import Project
-from alkit.storage.schema import images
+from alkit.retrieval.settings import DEFAULT_NEIGHBOURS, DUPLICATE_THRESHOLD, IndexKind, IndexSettings
 
 
 @dataclass
-class IndexReport:
+class IndexReport(JsonResult):
     action: str  # loaded | extended | rebuilt | built
     reason: str
     kind: str
@@ -28,16 +30,12 @@ class IndexReport:
     directory: str
     seconds: float
 
-    def as_json(self) -> dict:
-        return dict(self.__dict__)
-
 
 def index_directory(project: Project, spec) -> Path:
     return project.artefacts_dir / "index" / spec.key
 
 
 def _stored_or_default_settings(directory: Path):
-    from alkit.retrieval.index import IndexSettings
     from alkit.retrieval.store import read_manifest
 
     if (directory / "manifest.json").is_file():
@@ -74,10 +72,9 @@ def ensure_project_index(project: Project, spec=None, settings=None):
     return ensured, spec
 
 
-def build_index(project: Project, kind: str = "auto", nlist: int | None = None, pq_m: int | None = None,
-                nprobe: int = 16) -> IndexReport:
-    from alkit.retrieval.index import IndexSettings
-
+def build_index(project: Project, kind: str | IndexKind = IndexKind.AUTO, nlist: int | None = None,
+                pq_m: int | None = None, nprobe: int = IndexSettings.nprobe) -> IndexReport:
+    """Build, extend or rebuild the current spec's index so it covers every embedded image."""
     started = time.perf_counter()
     settings = IndexSettings(kind=kind, nlist=nlist, pq_m=pq_m, nprobe=nprobe)
     ensured, spec = ensure_project_index(project, settings=settings)
@@ -97,11 +94,12 @@ def search_index(project: Project, spec, queries: np.ndarray, k: int) -> tuple[n
 
 
 def similar(project: Project, image: str | None = None, text: str | None = None, image_id: int | None = None,
-            k: int = 20) -> list[dict]:
+            k: int = DEFAULT_NEIGHBOURS) -> list[dict]:
     """Nearest pool neighbours of one query (an image file, a text, or a stored image id)."""
+    from alkit.storage.images import paths_by_id
     from alkit.storage.specs import current_spec
     from alkit.storage.vectors import load_vectors
-    from alkit.workflows.retrieve import image_vectors, text_vectors
+    from alkit.workflows.query_vectors import image_vectors, text_vectors
 
     if sum(x is not None for x in (image, text, image_id)) != 1:
         raise InputError("give exactly one of IMAGE, --text or --id")
@@ -113,7 +111,7 @@ def similar(project: Project, image: str | None = None, text: str | None = None,
         ids, vectors = load_vectors(project, spec.id, [image_id])
         if len(ids) == 0:
             raise InputError(f"image id {image_id} has no embedding in spec {spec.name!r}; check `alkit status`")
-        query = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        query = l2_normalise(vectors)
     elif text is not None:
         query = text_vectors(project, spec, [text])
     else:
@@ -121,22 +119,33 @@ def similar(project: Project, image: str | None = None, text: str | None = None,
     scores, ids = search_index(project, spec, query, k)
     found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
     with project.engine.connect() as connection:
-        paths = dict(connection.execute(sa.select(images.c.id, images.c.path).where(images.c.id.in_([i for i, _ in found]))).all())
+        paths = paths_by_id(connection, [i for i, _ in found])
     return [{"rank": rank, "id": i, "score": s, "path": paths.get(i)} for rank, (i, s) in enumerate(found, start=1)]
 
 
-def near_duplicates(project: Project, threshold: float = 0.95) -> list[dict]:
-    """Clusters of images whose embeddings have cosine >= threshold (exact search)."""
+def near_duplicates(project: Project, threshold: float = DUPLICATE_THRESHOLD) -> list[dict]:
+    """Clusters of images whose embeddings have cosine >= threshold (exact search): the one
+    near-duplicate rule, `alkit.acquisition.batch.is_near_duplicate`."""
     from alkit.retrieval.dedup import near_duplicate_clusters
+    from alkit.storage.images import paths_by_id
     from alkit.storage.specs import current_spec
     from alkit.storage.vectors import load_vectors
 
     with project.engine.connect() as connection:
         spec = current_spec(connection)
     ids, vectors = load_vectors(project, spec.id)
-    vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    clusters = near_duplicate_clusters(vectors, ids, threshold)
+    clusters = near_duplicate_clusters(l2_normalise(vectors), ids, threshold)
     members = sorted({i for cluster in clusters for i in cluster})
     with project.engine.connect() as connection:
-        paths = dict(connection.execute(sa.select(images.c.id, images.c.path).where(images.c.id.in_(members))).all()) if members else {}
+        paths = paths_by_id(connection, members) if members else {}
     return [{"cluster": n, "ids": cluster, "paths": [paths[i] for i in cluster]} for n, cluster in enumerate(clusters, start=1)]
+
+
+def nearest_candidates(project: Project, spec, queries: np.ndarray, allowed_ids: np.ndarray, wanted: int) -> np.ndarray:
+    """Up to `wanted` allowed pool ids nearest to the queries (each query contributes in turn),
+    from the project's FAISS index; sorted ascending."""
+    from alkit.retrieval.neighbours import candidates_near
+
+    ensured, _ = ensure_project_index(project, spec)
+    excluded = np.setdiff1d(ensured.index.ids, np.asarray(allowed_ids, dtype=np.int64))
+    return np.sort(candidates_near(ensured.index, queries, wanted, exclude_ids=excluded))

@@ -1,4 +1,8 @@
-"""Query vectors and nearest-neighbour candidates (text, example images, a target split)."""
+"""Query vectors of one request, unit norm: a text query, example images, a target split.
+
+Used by `alkit select --query/--like/--target` (whose candidates are the pool items nearest
+these vectors, `workflows.index.nearest_candidates`) and by `alkit similar`.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +10,14 @@ import os
 from pathlib import Path
 
 import numpy as np
-import sqlalchemy as sa
 
+from alkit.arrays import l2_normalise
 from alkit.errors import InputError, StateError
 from alkit.project import Project
-from alkit.storage.schema import images
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:
-    rows = np.asarray(rows, dtype=np.float32)
-    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+    return l2_normalise(np.asarray(rows, dtype=np.float32))
 
 
 def embed_new_images(project: Project, spec, paths: list[str]) -> np.ndarray:
@@ -39,6 +41,7 @@ def embed_new_images(project: Project, spec, paths: list[str]) -> np.ndarray:
 
 def image_vectors(project: Project, spec, paths: list[str]) -> np.ndarray:
     """Unit embeddings `(Q, D)` of example images: stored vectors for pool images, else embedded."""
+    from alkit.storage.images import ids_by_path
     from alkit.storage.vectors import load_vectors
 
     resolved = [os.path.realpath(p) for p in paths]
@@ -46,7 +49,7 @@ def image_vectors(project: Project, spec, paths: list[str]) -> np.ndarray:
     if missing:
         raise InputError(f"image not found: {missing[0]}; check the path")
     with project.engine.connect() as connection:
-        known = dict(connection.execute(sa.select(images.c.path, images.c.id).where(images.c.path.in_(resolved))).all())
+        known = ids_by_path(connection, resolved)
     vectors = []
     new_paths = [p for p in resolved if p not in known]
     new_vectors = dict(zip(new_paths, embed_new_images(project, spec, new_paths))) if new_paths else {}
@@ -92,14 +95,3 @@ def query_vectors(project: Project, spec, text: str | None = None, like: list[st
     if not parts:
         raise InputError("give a text query, example images or a target split")
     return np.concatenate(parts)
-
-
-def nearest_candidates(project: Project, spec, queries: np.ndarray, allowed_ids: np.ndarray, wanted: int) -> np.ndarray:
-    """Up to `wanted` allowed pool ids nearest to the queries (each query contributes in turn),
-    from the project's FAISS index; sorted ascending."""
-    from alkit.retrieval.neighbours import candidates_near
-    from alkit.workflows.index import ensure_project_index
-
-    ensured, _ = ensure_project_index(project, spec)
-    excluded = np.setdiff1d(ensured.index.ids, np.asarray(allowed_ids, dtype=np.int64))
-    return np.sort(candidates_near(ensured.index, queries, wanted, exclude_ids=excluded))
