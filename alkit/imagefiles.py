@@ -15,12 +15,22 @@ import os
 import stat
 import warnings
 from dataclasses import dataclass
-from typing import Iterator
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 HASH_NAME = "blake2b-256"
 MAX_FILE_BYTES = 512 * 1024**2  # larger files are rejected unread (no image alkit embeds needs this much)
 MAX_ASPECT_RATIO = 50.0  # longer/shorter side; a 1x60000 strip would need ~9 GB once resized for a model
+ERROR_TEXT_CHARS = 200  # longest exception text quoted in a reason
+
+# PNG: an 8-byte signature, then chunks of 4-byte length, 4-byte type, data, 4-byte CRC.
+PNG_SIGNATURE_BYTES = 8
+PNG_CHUNK_HEADER_BYTES = 8  # length + type
+PNG_CHUNK_OVERHEAD_BYTES = 12  # length + type + CRC
+# JPEG: segments start with 0xFF and a marker byte; most carry a 2-byte length after it.
+JPEG_MARKER_PREFIX = 0xFF
+JPEG_START_OF_SCAN = 0xDA
+JPEG_END_OF_IMAGE = b"\xff\xd9"
+JPEG_STANDALONE_MARKERS = frozenset({0x01, 0xD8, *range(0xD0, 0xD8)})  # TEM, SOI, RST0-7: no length field
 
 
 @dataclass(frozen=True)
@@ -180,12 +190,12 @@ def find_image_files(paths: list[str | os.PathLike], recursive: bool = True) -> 
 def _png_has_iend(data: bytes) -> bool:
     """Walk the PNG chunks by their lengths; True when an IEND chunk is reached inside the data
     (bytes after it are allowed, as every decoder ignores them)."""
-    position = 8
-    while position + 8 <= len(data):
+    position = PNG_SIGNATURE_BYTES
+    while position + PNG_CHUNK_HEADER_BYTES <= len(data):
         length = int.from_bytes(data[position : position + 4], "big")
-        if data[position + 4 : position + 8] == b"IEND":
+        if data[position + 4 : position + PNG_CHUNK_HEADER_BYTES] == b"IEND":
             return True
-        position += 12 + length
+        position += PNG_CHUNK_OVERHEAD_BYTES + length
     return False
 
 
@@ -193,19 +203,19 @@ def _jpeg_has_eoi(data: bytes) -> bool:
     """Skip the marker segments (EXIF thumbnails included) to the first scan, then look for the
     end-of-image marker in the scan data, where 0xFFD9 cannot occur otherwise. Trailing bytes
     after it (some cameras append data) are accepted."""
-    position = 2
-    while position + 4 <= len(data):
-        if data[position] != 0xFF:
+    position = 2  # after the start-of-image marker
+    while position + 4 <= len(data):  # marker (2 bytes) + segment length (2 bytes)
+        if data[position] != JPEG_MARKER_PREFIX:
             return False
         marker = data[position + 1]
-        if marker == 0xFF:  # fill byte
+        if marker == JPEG_MARKER_PREFIX:  # fill byte
             position += 1
             continue
-        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
+        if marker in JPEG_STANDALONE_MARKERS:
             position += 2
             continue
-        if marker == 0xDA:  # start of scan
-            return b"\xff\xd9" in data[position:]
+        if marker == JPEG_START_OF_SCAN:
+            return JPEG_END_OF_IMAGE in data[position:]
         position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
     return False
 
@@ -226,7 +236,7 @@ def probe_image(path: str, max_pixels: int) -> ProbeResult:
     except MemoryError:
         return ProbeResult(shown, False, "unreadable: out of memory while reading it")
     except Exception as error:  # one bad file never costs the others in its chunk
-        return ProbeResult(shown, False, f"unreadable: {type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}")
+        return ProbeResult(shown, False, f"unreadable: {type(error).__name__}: {str(error).splitlines()[0][:ERROR_TEXT_CHARS] if str(error) else ''}")
 
 
 def _probe(path: str, shown: str, max_pixels: int) -> ProbeResult:
@@ -270,9 +280,3 @@ def _probe(path: str, shown: str, max_pixels: int) -> ProbeResult:
     if not _has_end_marker(fmt, data):
         return ProbeResult(shown, False, f"truncated {fmt} (end marker missing)", size_bytes=len(data))
     return ProbeResult(shown, True, None, width=width, height=height, format=fmt, **common)
-
-
-def iter_chunks(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-

@@ -10,7 +10,15 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
+
+from alkit.arrays import iter_chunks
+
+DRAFT_SCALE_MARGIN = 2  # JPEG draft decoding only when the short side is over this many times the model's input
+SIXTEEN_TO_EIGHT_BIT = 257.0  # 65535 / 255: maps the 16-bit range onto the 8-bit one
+ERROR_TEXT_CHARS = 200  # longest decoder error quoted in a rejection reason
+DECODE_WORKER_NICENESS = 10  # `nice` increment of decode workers (the forward pass keeps priority)
+PREFETCH_BATCHES = 2  # batches each decode worker prepares ahead
 
 
 def open_rgb_image(path: str, min_size: int, max_pixels: int | None = None):
@@ -35,7 +43,7 @@ def open_rgb_image(path: str, min_size: int, max_pixels: int | None = None):
         problem = aspect_problem(*image.size)
         if problem:
             raise ValueError(problem)
-        if image.format == "JPEG" and min(image.size) > 2 * min_size:
+        if image.format == "JPEG" and min(image.size) > DRAFT_SCALE_MARGIN * min_size:
             image.draft("RGB", (min_size, min_size))
         image.load()
     image = _upright(image)
@@ -60,7 +68,7 @@ def _to_8bit(image):
     from PIL import Image
 
     array = np.asarray(image, dtype=np.float64)
-    return Image.fromarray(np.clip(np.rint(array / 257.0), 0, 255).astype(np.uint8), "L")
+    return Image.fromarray(np.clip(np.rint(array / SIXTEEN_TO_EIGHT_BIT), 0, 255).astype(np.uint8), "L")
 
 
 @dataclass
@@ -83,24 +91,13 @@ class BatchDecoder:
                 tensors.append(self.transform(open_rgb_image(path, self.min_size, self.max_pixels)))
                 ids.append(image_id)
             except Exception as error:  # any decode problem rejects this one image only
-                reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+                reason = str(error).splitlines()[0][:ERROR_TEXT_CHARS] if str(error) else type(error).__name__
                 failed.append((int(image_id), f"decode failed at embed time: {reason}"))
         return {
             "ids": torch.tensor(ids, dtype=torch.int64),
             "pixels": torch.stack(tensors) if tensors else None,
             "failed": failed,
         }
-
-
-def batched(items: Iterable[tuple[int, str]], size: int) -> Iterator[list[tuple[int, str]]]:
-    batch: list[tuple[int, str]] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 class _BatchStream:
@@ -111,7 +108,7 @@ class _BatchStream:
         self.batch_size = batch_size
 
     def __iter__(self):
-        return batched(self.make_items(), self.batch_size)
+        return iter_chunks(self.make_items(), self.batch_size)
 
 
 def _as_is(item):
@@ -124,7 +121,7 @@ def _lower_priority(_worker_id: int) -> None:
     import os
 
     try:
-        os.nice(10)
+        os.nice(DECODE_WORKER_NICENESS)
     except OSError:
         pass
 
@@ -140,6 +137,6 @@ def batch_loader(decoder: BatchDecoder, make_items: Callable[[], Iterable[tuple[
         num_workers=workers,
         collate_fn=_as_is,
         worker_init_fn=_lower_priority if workers > 0 else None,
-        prefetch_factor=2 if workers > 0 else None,
+        prefetch_factor=PREFETCH_BATCHES if workers > 0 else None,
         persistent_workers=False,
     )

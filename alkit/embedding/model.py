@@ -25,6 +25,7 @@ from alkit.embedding.spec import WeightsSource
 
 PRECISIONS = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}
 PROBE_PROMPT = "a photo"  # any prompt: only the shapes of the text tower's outputs are read
+DEFAULT_IMAGE_SIZE = 224  # open_clip's input size for towers that do not record one
 ERROR_LINE_CHARS = 400  # longest error reason shown (open_clip's messages can run to pages)
 
 
@@ -159,7 +160,7 @@ class OpenClipEncoder:
 
     @property
     def image_size(self) -> int:
-        size = self.preprocess_cfg.get("size") or getattr(self.model.visual, "image_size", 224)
+        size = self.preprocess_cfg.get("size") or getattr(self.model.visual, "image_size", DEFAULT_IMAGE_SIZE)
         return int(max(size)) if isinstance(size, (tuple, list)) else int(size)
 
     @property

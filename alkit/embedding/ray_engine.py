@@ -28,6 +28,7 @@ import numpy as np
 
 WINDOW_ROWS = 65_536  # images per Ray dataset on SQLite
 MAX_CLAIMS = 8  # open claims (= connections) per window on PostgreSQL
+CPUS_PER_ACTOR = 1  # CPUs Ray reserves per encoder actor; throughput scales with --workers (one actor each)
 
 
 class RayEncoder:
@@ -108,7 +109,7 @@ def run_ray_embed(queue, planned, settings, bar, address: str | None = None, num
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=actors),
             num_gpus=num_gpus_per_worker or None,
-            num_cpus=1,
+            num_cpus=CPUS_PER_ACTOR,
         )
         for batch in mapped.iter_batches(batch_size=None, batch_format="numpy"):
             ok = np.asarray(batch["ok"], dtype=bool)

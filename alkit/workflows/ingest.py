@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 
 from alkit.errors import InputError
-from alkit.imagefiles import ProbeResult, find_image_files, iter_chunks, probe_image
+from alkit.arrays import iter_chunks
+from alkit.imagefiles import ProbeResult, find_image_files, probe_image
 from alkit.progress import progress_bar
 from alkit.project import Project
 from alkit.jsonable import JsonResult
