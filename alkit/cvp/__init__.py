@@ -1,0 +1,8 @@
+"""Calibrated variance propagation (CVP) through the last blocks of an open_clip vision tower.
+
+Core maths only (torch tensors in, torch tensors out): `rules` (one propagation rule per
+layer type), `activations` (moment-matched GELU / QuickGELU), `blocks` (a whole open_clip
+`ResidualAttentionBlock`, the vision tail, `ln_post` and `visual.proj`), `weights` (the
+diagonal Gaussian weight posterior and Monte Carlo draws from it), `laplace` (its curvature
+and prior precision), `calibration` (variance scales fitted by NLL). Imports no adapter.
+"""
