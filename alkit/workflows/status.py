@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import sqlalchemy as sa
-
 from alkit.project import Project
+from alkit.storage.labels import label_count
 from alkit.storage.migrations import current_version
-from alkit.storage.pool import class_names, count_images_by, resolved_labels
-from alkit.storage.schema import ACTIVE_ROUND_STATUSES, Split, classes, embedding_specs, embeddings, images, labels, round_items, rounds
+from alkit.storage.pool import class_names, class_rows, count_images_by, resolved_labels
+from alkit.storage.schema import ACTIVE_ROUND_STATUSES, Split, images
+from alkit.storage.summary import labelled_image_splits, rounds_with_sizes, specs_with_counts
 from alkit.workflows.current_posterior import current_posterior_row
 
 
@@ -21,8 +21,8 @@ def pool_status(project: Project) -> dict:
         names = class_names(connection)
         by_status = count_images_by(connection, images.c.status)
         by_split = count_images_by(connection, images.c.split)
-        class_by_id = dict(connection.execute(sa.select(classes.c.id, classes.c.name)).all())
-        split_by_id = dict(connection.execute(sa.select(images.c.id, images.c.split).where(sa.exists().where(labels.c.image_id == images.c.id))).all())
+        class_by_id = {row.id: row.name for row in class_rows(connection)}
+        split_by_id = labelled_image_splits(connection)
         per_class = {name: 0 for name in names}
         test_per_class = {name: 0 for name in names}
         labelled_by_split: dict[str, int] = {}
@@ -30,19 +30,9 @@ def pool_status(project: Project) -> dict:
             split = split_by_id.get(image_id, "?")
             labelled_by_split[split] = labelled_by_split.get(split, 0) + 1
             (test_per_class if split == Split.TEST.value else per_class)[class_by_id[class_id]] += 1
-        labels_total = connection.execute(sa.select(sa.func.count()).select_from(labels)).scalar_one()
-        round_rows = connection.execute(
-            sa.select(rounds.c.id, rounds.c.strategy, rounds.c.status, rounds.c.created_at, sa.func.count(round_items.c.image_id))
-            .outerjoin(round_items, round_items.c.round_id == rounds.c.id)
-            .group_by(rounds.c.id)
-            .order_by(rounds.c.id)
-        ).all()
-        spec_rows = connection.execute(
-            sa.select(embedding_specs.c.id, embedding_specs.c.name, embedding_specs.c.kind, embedding_specs.c.is_current, sa.func.count(embeddings.c.image_id))
-            .outerjoin(embeddings, embeddings.c.spec_id == embedding_specs.c.id)
-            .group_by(embedding_specs.c.id)
-            .order_by(embedding_specs.c.id)
-        ).all()
+        labels_total = label_count(connection)
+        round_rows = rounds_with_sizes(connection)
+        spec_rows = specs_with_counts(connection)
         current = next((row for row in spec_rows if row.is_current), None)
         schema_version = current_version(connection)
     posterior = current_posterior_row(project)  # the one select, predict and eval use
@@ -62,13 +52,13 @@ def pool_status(project: Project) -> dict:
         "rounds": len(round_rows),
         "open_rounds": [row.id for row in open_rounds],
         "open_round_details": [
-            {"id": row.id, "status": row.status, "strategy": row.strategy, "items": int(row[4]),
+            {"id": row.id, "status": row.status, "strategy": row.strategy, "items": int(row.item_count),
              "created_at": row.created_at.isoformat() if row.created_at else None}
             for row in open_rounds
         ],
         "model": None if current is None else {"spec_id": current.id, "name": current.name, "kind": current.kind},
         "embedding_specs": [
-            {"id": row.id, "name": row.name, "kind": row.kind, "current": bool(row.is_current), "embedded": int(row[4])}
+            {"id": row.id, "name": row.name, "kind": row.kind, "current": bool(row.is_current), "embedded": int(row.embedded)}
             for row in spec_rows
         ],
         "posterior": None
