@@ -141,7 +141,8 @@ def test_failing_posterior_write_leaves_no_row_and_refit_works(cli, embed_inputs
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(safetensors.numpy, "save_file", full)
+    for writer in ("save_file", "save"):  # the posterior is serialised by one of them, then written
+        monkeypatch.setattr(safetensors.numpy, writer, full)
     result = cli("fit", "--json")
     assert result.exit_code == 3 and "No space left" in result.stderr, result.output
     assert snapshot(cli.project_dir)["posteriors"] == []

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from alkit.errors import InputError, UnknownNameError
+from alkit.jsonable import JsonResult
 from alkit.registry import Registry
 
 OPEN_CLIP_KIND = "open_clip"
@@ -24,7 +25,7 @@ HASH_CHUNK = 1 << 22  # bytes read at a time while hashing a checkpoint (4 MiB)
 
 
 @dataclass(frozen=True)
-class WeightsSource:
+class WeightsSource(JsonResult):
     """Where a model's weights come from; `identity` is what the spec key depends on."""
 
     kind: str  # "tag" | "checkpoint" | "random"
@@ -47,14 +48,6 @@ class WeightsSource:
         if self.kind == "checkpoint":
             return f"{Path(str(self.value)).name}@{str(self.checkpoint_hash)[:8]}"
         return f"RANDOM(seed={self.random_seed})"
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "value": self.value,
-            "checkpoint_hash": self.checkpoint_hash,
-            "random_seed": self.random_seed,
-        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "WeightsSource":

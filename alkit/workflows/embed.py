@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from alkit.embedding.spec import OPEN_CLIP_KIND, spec_record
+from alkit.embedding.spec import OPEN_CLIP_KIND, PlannedSpec, spec_record
 from alkit.errors import InputError
 from alkit.jsonable import JsonResult
 from alkit.progress import progress_bar
@@ -25,6 +26,18 @@ from alkit.workflows.text_features import current_class_list, ensure_text_featur
 
 FLUSH_SECONDS = 30.0  # a shard at least this often, so a kill loses at most this much work
 ENGINES = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class EngineRun:
+    """How the pending images are encoded and written: the engine and its knobs."""
+
+    engine: str = "local"  # one of ENGINES
+    shard_rows: int = SHARD_ROWS
+    flush_seconds: float = FLUSH_SECONDS
+    ray_address: str | None = None
+    num_gpus_per_worker: float = 0.0
+    show_progress: bool | None = None
 
 
 @dataclass
@@ -112,27 +125,28 @@ def embed_images(
                              pending=count_pending(project.engine, row.id), orphans_removed=removed)
         text_path = ensure_text_features(project, row, encoder)
         result.text_features = None if text_path is None else str(text_path)
-        _run_engine(project, row.id, directory, encoder, planned, result, engine, shard_rows, flush_seconds,
-                    ray_address, num_gpus_per_worker, show_progress)
+        run = EngineRun(engine, shard_rows, flush_seconds, ray_address, num_gpus_per_worker, show_progress)
+        _run_engine(project, row.id, directory, encoder, planned, result, run)
     _attach_paths(project, result.rejected)
     return result
 
 
-def _run_engine(project: Project, spec_id: int, directory, encoder, planned, result: EmbedResult, engine: str,
-                shard_rows: int, flush_seconds: float, ray_address: str | None, num_gpus_per_worker: float,
-                show_progress: bool | None) -> None:
-    """Encode the pending images of the spec with `engine`; counts and rejections go to `result`."""
+def _run_engine(project: Project, spec_id: int, directory: Path, encoder, planned: PlannedSpec, result: EmbedResult,
+                run: EngineRun) -> None:
+    """Encode the pending images of the spec as `run` says; counts and rejections go to `result`."""
     settings = project.settings
     tally = WriteTally()
-    queue = open_work_queue(project.engine, spec_id, directory, tally, shard_rows, flush_seconds, settings.batch_size,
-                            claim_rows=shard_rows if engine == "ray" else None)
+    on_ray = run.engine == "ray"
+    queue = open_work_queue(project.engine, spec_id, directory, tally, run.shard_rows, run.flush_seconds,
+                            settings.batch_size, claim_rows=run.shard_rows if on_ray else None)
     started = time.perf_counter()
     try:
-        with progress_bar(result.pending, "embed", show_progress, unit="img") as bar:
-            if engine == "ray":
+        with progress_bar(result.pending, "embed", run.show_progress, unit="img") as bar:
+            if on_ray:
                 from alkit.embedding.ray_engine import run_ray_embed
 
-                run_ray_embed(queue, planned, settings, bar, address=ray_address, num_gpus_per_worker=num_gpus_per_worker)
+                run_ray_embed(queue, planned, settings, bar, address=run.ray_address,
+                              num_gpus_per_worker=run.num_gpus_per_worker)
             else:
                 from alkit.embedding.encode import run_local_embed
 
