@@ -7,14 +7,15 @@ from typing import Optional
 
 import typer
 
+from alkit.workflows.eval_settings import DEFAULT_BINS, DEFAULT_SPLIT
 from alkit_cli import checks
 from alkit_cli.render import echo_table, emit_json
 
 
 def eval_(
     ctx: typer.Context,
-    split: str = typer.Option("test", "--split", help="Split with labelled images to evaluate on."),
-    bins: int = typer.Option(15, "--bins", help="Equal-width confidence bins for ECE."),
+    split: str = typer.Option(DEFAULT_SPLIT, "--split", help="Split with labelled images to evaluate on."),
+    bins: int = typer.Option(DEFAULT_BINS, "--bins", help="Equal-width confidence bins for ECE."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write reliability.png, learning_curve.png, report.html here."),
     json_output: bool = typer.Option(False, "--json"),
 ) -> None:

@@ -6,8 +6,11 @@ from typing import Optional
 
 import typer
 
+from alkit.workflows.fit_settings import FitSettings
 from alkit_cli import checks
 from alkit_cli.render import echo_table, emit_json, emit_json_lines
+
+DEFAULTS = FitSettings()  # the defaults of the flags below come from the settings dataclass
 
 
 def fit(
@@ -18,15 +21,15 @@ def fit(
     pseudo_data: Optional[float] = typer.Option(None, "--pseudo-data", help="bayesvlm: pseudo-data multiplier n of the zero-shot curvature [default: chosen from 0.3-30 by the labels' Laplace evidence; 10 with no labels]."),
     candidate_batch_size: Optional[int] = typer.Option(None, "--candidate-batch-size", help="Texts per GGN candidate batch [default: all candidates in one batch]."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed [default: setting `seed`]."),
-    epochs: int = typer.Option(30, "--epochs", help="probvlm: training epochs (early stopping may end sooner)."),
-    learning_rate: float = typer.Option(3e-3, "--learning-rate", help="probvlm: Adam step size."),
+    epochs: int = typer.Option(DEFAULTS.epochs, "--epochs", help="probvlm: training epochs (early stopping may end sooner)."),
+    learning_rate: float = typer.Option(DEFAULTS.learning_rate, "--learning-rate", help="probvlm: Adam step size."),
     hyper: bool = typer.Option(False, "--hyper", help="ensemble: a hyperparameter ensemble (members also differ in weight decay)."),
     force: bool = typer.Option(False, "--force", help="Refit even when no labels or settings changed."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Fit a new posterior version on the current labels (zero-shot with none); with no new labels
     and the same settings it says the newest version is up to date."""
-    from alkit.workflows.fit import FitSettings, fit_posterior
+    from alkit.workflows.fit import fit_posterior
 
     checks.seed(seed)
     checks.number(pseudo_data, "--pseudo-data", 0, above=True)

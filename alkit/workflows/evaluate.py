@@ -17,8 +17,8 @@ from alkit.project import Project
 from alkit.storage.db import utcnow
 from alkit.storage.pool import class_rows, resolved_labels
 from alkit.storage.state import StateKey, read_state, write_state
+from alkit.workflows.eval_settings import DEFAULT_BINS, DEFAULT_SPLIT
 
-DEFAULT_BINS = 15
 
 
 @dataclass
@@ -57,7 +57,7 @@ def labelled_split(project: Project, context, feature_kind: str, split: str) -> 
     return features[keep], labels
 
 
-def evaluate(project: Project, split: str = "test", num_bins: int = DEFAULT_BINS, plot_dir: Path | None = None,
+def evaluate(project: Project, split: str = DEFAULT_SPLIT, num_bins: int = DEFAULT_BINS, plot_dir: Path | None = None,
              record: bool = True) -> EvalResult:
     from alkit.metrics import per_class_accuracy, summary
     from alkit.workflows.current_posterior import current_posterior

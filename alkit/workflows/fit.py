@@ -17,7 +17,8 @@ from alkit.project import Project
 from alkit.storage.db import utcnow
 from alkit.storage.posteriors import newest_posterior_row, record_posterior
 from alkit.workflows.current_posterior import PosteriorContext, posterior_context
-from alkit.workflows.fit_inputs import FitSettings, labelled_training_set
+from alkit.workflows.fit_inputs import labelled_training_set
+from alkit.workflows.fit_settings import FitSettings
 
 DEFAULT_POSTERIOR = "laplace_head"
 CURVATURE_SOURCE_KIND = "bayesvlm"  # --factors and --pairs are curvature sources of BayesVLM, so they imply it

@@ -21,7 +21,8 @@ from alkit.project import Project
 from alkit.storage.schema import Split, images
 from alkit.storage.vectors import embedded_image_ids, load_vectors, load_vectors_in_order
 from alkit.workflows.current_posterior import PosteriorContext
-from alkit.workflows.fit_inputs import DEFAULT_PSEUDO_DATA, PSEUDO_DATA_GRID, FitSettings, TrainingSet
+from alkit.workflows.fit_inputs import TrainingSet
+from alkit.workflows.fit_settings import DEFAULT_PSEUDO_DATA, PSEUDO_DATA_GRID, FitSettings
 
 FACTOR_FILES = ("A_img", "B_img", "A_txt", "B_txt", "n", "lam")  # `--factors DIR`: NAME.npy each
 REQUIRED_FACTORS = {"A_img", "B_img"}

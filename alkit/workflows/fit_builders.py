@@ -14,8 +14,11 @@ from alkit.project import Project
 from alkit.registry import Registry
 from alkit.workflows.current_posterior import PosteriorContext
 from alkit.workflows.fit_bayesvlm import build_bayesvlm
-from alkit.workflows.fit_inputs import FitSettings, TrainingSet, logit_scale, unlabelled_sample
+from alkit.workflows.fit_inputs import TrainingSet, logit_scale, unlabelled_sample
+from alkit.workflows.fit_settings import FitSettings
 from alkit.workflows.fit_trained_heads import build_ensemble, build_hetsngp, build_mimo
+
+MIN_LABELS_WITHOUT_PROMPTS = 2  # the Laplace head with no class prompts learns from labels alone
 
 Builder = Callable[[Project, PosteriorContext, TrainingSet, FitSettings, "int | None"], Any]
 
@@ -24,7 +27,7 @@ def build_laplace_head(project: Project, context: PosteriorContext, training: Tr
     from alkit.posterior.laplace_head import fit_laplace_head
 
     text = context.text
-    if text.text_emb is None and len(training.labels) < 2:
+    if text.text_emb is None and len(training.labels) < MIN_LABELS_WITHOUT_PROMPTS:
         raise StateError(
             f"the Laplace head needs class-prompt text embeddings or labels; {len(training.labels)} labels and no text "
             "embeddings: import labels (`alkit labels import`) or embeddings with text_embeddings"
@@ -61,8 +64,8 @@ def build_probvlm(project: Project, context: PosteriorContext, training: Trainin
 
 
 BUILDERS: Registry[Builder] = Registry("posterior")
-for _kind, _builder in (
-    ("bayesvlm", build_bayesvlm), ("laplace_head", build_laplace_head), ("probvlm", build_probvlm),
-    ("ensemble", build_ensemble), ("mimo", build_mimo), ("hetsngp", build_hetsngp),
-):
+for _kind, _builder in {
+    "bayesvlm": build_bayesvlm, "laplace_head": build_laplace_head, "probvlm": build_probvlm,
+    "ensemble": build_ensemble, "mimo": build_mimo, "hetsngp": build_hetsngp,
+}.items():
     BUILDERS.register(_kind, _builder)

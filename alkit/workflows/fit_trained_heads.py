@@ -10,7 +10,8 @@ from __future__ import annotations
 from alkit.errors import StateError
 from alkit.project import Project
 from alkit.workflows.current_posterior import PosteriorContext
-from alkit.workflows.fit_inputs import FitSettings, TrainingSet, logit_scale, unlabelled_sample
+from alkit.workflows.fit_inputs import TrainingSet, logit_scale, unlabelled_sample
+from alkit.workflows.fit_settings import FitSettings
 
 TRAINED_HEAD_KINDS = ("ensemble", "mimo", "hetsngp")
 MIN_LABELS = {"ensemble": 1, "mimo": 2, "hetsngp": 2}  # the ensemble also fits on class prompts alone
