@@ -17,7 +17,7 @@ from alkit.errors import InputError
 from alkit.jsonable import JsonResult
 from alkit.progress import progress_bar
 from alkit.project import Project
-from alkit.storage.image_paths import paths_of
+from alkit.storage.images import paths_by_id
 from alkit.storage.shards import SHARD_ROWS, WriteTally, collect_garbage, writer_lock
 from alkit.storage.specs import ensure_spec, set_current, spec_by_key, spec_directory
 from alkit.storage.work_queue import count_pending, open_work_queue
@@ -162,6 +162,6 @@ def _attach_paths(project: Project, rejected: list[dict]) -> None:
     if not rejected:
         return
     with project.engine.connect() as connection:
-        paths = paths_of(connection, [r["image_id"] for r in rejected])
+        paths = paths_by_id(connection, [r["image_id"] for r in rejected])
     for item in rejected:
         item["path"] = paths.get(item["image_id"])
