@@ -6,6 +6,7 @@ An unknown name raises `UnknownNameError` listing the valid names, like baal's
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Generic, Iterator, TypeVar
 
@@ -36,6 +37,17 @@ class Registry(Generic[T]):
             return self.register(name, item, description)
 
         return wrap
+
+    @contextmanager
+    def scoped(self) -> Iterator["Registry[T]"]:
+        """`with REGISTRY.scoped():` -- names registered inside the block are removed when it
+        ends, so a test or an example that registers a component leaves the registry as it was."""
+        before = set(self._items)
+        try:
+            yield self
+        finally:
+            for name in set(self._items) - before:
+                del self._items[name], self._descriptions[name]
 
     def get(self, name: str) -> T:
         try:

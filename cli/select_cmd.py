@@ -6,29 +6,37 @@ from typing import List, Optional
 
 import typer
 
+from alkit.workflows.select_settings import (
+    CANDIDATES_PER_BUDGET_SLOT,
+    DEDUP_OFF,
+    MIN_CANDIDATES,
+    SelectSettings,
+)
 from alkit_cli import checks
 from alkit_cli.render import echo_table, emit_json_lines, note
+
+DEFAULTS = SelectSettings(budget=1)  # the defaults of every flag below come from the settings dataclass
 
 
 def select(
     ctx: typer.Context,
     budget: int = typer.Option(..., "--budget", "-b", help="Images to select (B)."),
-    strategy: str = typer.Option("margin", "--strategy", "-s", help="Scorer; see `alkit strategies` (margin won the active-learning suite, see README)."),
-    batch_mode: str = typer.Option("top", "--batch-mode", help="top | power | softmax | softrank | batchbald (greedy joint MI over the top 256)."),
-    beta: float = typer.Option(1.0, "--beta", help="Coldness of the stochastic batch modes."),
+    strategy: str = typer.Option(DEFAULTS.strategy, "--strategy", "-s", help="Scorer; see `alkit strategies` (margin won the active-learning suite, see README)."),
+    batch_mode: str = typer.Option(DEFAULTS.batch_mode, "--batch-mode", help="top | power | softmax | softrank | batchbald (greedy joint MI over a shortlist); see `alkit strategies`."),
+    beta: float = typer.Option(DEFAULTS.beta, "--beta", help="Coldness of the stochastic batch modes."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed [default: setting `seed`]."),
-    samples: int = typer.Option(128, "--samples", help="Shared posterior samples S (BALD rankings from two seeds: Spearman 0.87 at 64, 0.93 at 128 on digits with 50 labels)."),
+    samples: int = typer.Option(DEFAULTS.samples, "--samples", help="Shared posterior samples S (BALD rankings from two seeds: Spearman 0.87 at 64, 0.93 at 128 on digits with 50 labels)."),
     target: Optional[str] = typer.Option(None, "--target", help="Split whose images are the EPIG targets."),
     query: Optional[str] = typer.Option(None, "--query", help="Text query: score only pool items near it."),
     like: Optional[List[str]] = typer.Option(None, "--like", help="Example image(s): score only pool items near them."),
-    candidates: Optional[int] = typer.Option(None, "--candidates", help="How many nearest pool items to score (with --query, --like or --target) [default: max(10 x budget, 1000)]."),
-    num_targets: int = typer.Option(100, "--num-targets", help="EPIG target inputs M."),
-    dedup_threshold: float = typer.Option(0.98, "--dedup-threshold", help="Max cosine between two batch items (1 disables)."),
-    cold_start: str = typer.Option("typiclust", "--cold-start", help="typiclust | kcenter, used before any posterior."),
+    candidates: Optional[int] = typer.Option(None, "--candidates", help=f"How many nearest pool items to score (with --query, --like or --target) [default: max({CANDIDATES_PER_BUDGET_SLOT} x budget, {MIN_CANDIDATES})]."),
+    num_targets: int = typer.Option(DEFAULTS.num_targets, "--num-targets", help="EPIG target inputs M."),
+    dedup_threshold: float = typer.Option(DEFAULTS.dedup_threshold, "--dedup-threshold", help=f"Cosine at or above which two batch items are near-duplicates ({DEDUP_OFF:g} disables)."),
+    cold_start: str = typer.Option(DEFAULTS.cold_start, "--cold-start", help="typiclust | kcenter, used before any posterior."),
     json_output: bool = typer.Option(False, "--json", help="JSON lines: one per selected image."),
 ) -> None:
     """Select the next batch and record it as an open round."""
-    from alkit.workflows.select import SelectSettings, select_round
+    from alkit.workflows.select import select_round
 
     checks.seed(seed)
     checks.number(budget, "--budget", 1)
@@ -47,7 +55,7 @@ def select(
         SelectSettings(
             budget=budget, strategy=strategy, batch_mode=batch_mode, beta=beta, seed=project.settings.seed,
             samples=samples, num_targets=num_targets, target_split=target, query=query, like=tuple(like or ()),
-            candidates=candidates, dedup_threshold=None if dedup_threshold >= 1 else dedup_threshold, cold_start=cold_start,
+            candidates=candidates, dedup_threshold=None if dedup_threshold >= DEDUP_OFF else dedup_threshold, cold_start=cold_start,
         ),
     )
     for line in result.notes:

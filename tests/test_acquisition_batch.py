@@ -220,3 +220,58 @@ def test_sampled_batchbald_reaches_nearly_the_exact_joint_information():
     exact_information = batchbald.joint_mutual_information(probs, exact_batch)
     sampled_information = batchbald.joint_mutual_information(probs, sampled_batch)
     assert sampled_information == pytest.approx(exact_information, abs=0.03)
+
+
+# ---- batch modes as registered pieces --------------------------------------------------
+
+
+def test_batch_mode_registry_lists_batchbald_as_a_joint_mode():
+    assert batch.BATCH_MODES.names() == ["batchbald", "power", "softmax", "softrank", "top"]
+    assert [name for name in batch.BATCH_MODES if batch.BATCH_MODES.get(name).joint] == ["batchbald"]
+    assert "BatchBALD" in batch.BATCH_MODES.describe("batchbald")
+
+
+def test_batchbald_mode_is_greedy_batchbald_over_the_top_scored_shortlist(monkeypatch):
+    """select_batch("batchbald") == batchbald() run by hand on the best-scored items, whose
+    probabilities are asked for in ascending position order."""
+    monkeypatch.setattr(batchbald, "SHORTLIST", 6)
+    probs = tiny_probs(3, num_samples=16, num_items=20, num_classes=3)
+    scores = np.random.default_rng(1).uniform(size=20)
+    asked = []
+
+    def sample_probs(positions):
+        asked.append(positions.copy())
+        return probs[:, positions]
+
+    chosen = batch.select_batch(scores, 3, mode="batchbald", seed=2, sample_probs=sample_probs)
+    shortlist = np.sort(np.argsort(-scores)[:6])
+    np.testing.assert_array_equal(asked[0], shortlist)
+    np.testing.assert_array_equal(chosen, shortlist[batchbald.batchbald(probs[:, shortlist], 3, seed=2)])
+    assert set(chosen.tolist()) <= set(shortlist.tolist()) and len(set(chosen.tolist())) == 3
+
+
+def test_joint_mode_without_posterior_samples_says_what_to_use():
+    with pytest.raises(InputError, match="needs a posterior"):
+        batch.select_batch(np.ones(4), 2, mode="batchbald")
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 10_000), st.integers(1, 12), st.sampled_from(["top", "power", "softrank"]))
+def test_diverse_batch_loading_rows_lazily_equals_suppression_over_the_full_order(seed, budget, mode):
+    """The step-wise extended draw order (rows loaded on demand) gives the batch that greedy
+    suppression over all N draws gives."""
+    rng = np.random.default_rng(seed)
+    base = rng.standard_normal((40, 4))
+    embeddings = np.vstack([base, base[:30] + 1e-3 * rng.standard_normal((30, 4))])  # many duplicates
+    scores = rng.uniform(0.01, 1, size=len(embeddings))
+    loaded = []
+
+    def rows(positions):
+        loaded.append(len(positions))
+        return embeddings[positions]
+
+    lazy = batch.select_diverse_batch(scores, rows, budget, 0.95, mode=mode, seed=seed)
+    full_order = batch.select_batch(scores, len(scores), mode=mode, seed=seed)
+    expected = full_order[batch.select_without_near_duplicates(np.arange(len(scores)), embeddings[full_order], budget, 0.95)]
+    np.testing.assert_array_equal(lazy, expected)
+    assert loaded[0] == min(len(scores), batch.ORDER_OVERSAMPLE * budget + batch.ORDER_SLACK)

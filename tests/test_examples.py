@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -32,12 +33,22 @@ def test_variation_ratio_against_a_loop():
     np.testing.assert_allclose(module.variation_ratio(probs), expected)
 
 
-def test_custom_scorer_example_selects_by_the_registered_name(tmp_path):
-    module = load("custom_scorer")
-    chosen = module.main(tmp_path)
+@pytest.fixture
+def scorers():
+    """The global scorer registry; whatever a test registers is removed afterwards, so other
+    tests (e.g. the registry's list of names) see the built-in scorers only, in any order."""
     from alkit.acquisition import SCORERS
 
-    assert "variation_ratio" in SCORERS.names()
+    with SCORERS.scoped():
+        yield SCORERS
+
+
+def test_custom_scorer_example_selects_by_the_registered_name(tmp_path, scorers):
+    module = load("custom_scorer")
+    built_in = scorers.names()
+    chosen = module.main(tmp_path)
+
+    assert scorers.names() == sorted([*built_in, "variation_ratio"])
     assert len(chosen) == 5 and len(set(chosen)) == 5
     import sqlalchemy as sa
 
@@ -55,3 +66,13 @@ def test_library_loop_example_runs_as_a_script(tmp_path):
     assert summary["added"] == 30 and summary["labels_imported"] == 6
     assert summary["refit_labels"] == 6 and summary["refit_version"] == summary["zero_shot_version"] + 1
     assert 0.0 <= summary["accuracy_on_pool"] <= 1.0
+
+
+def test_scoped_registration_leaves_the_registry_as_it_was():
+    from alkit.acquisition import SCORERS
+
+    before = SCORERS.names()
+    with SCORERS.scoped():
+        load("custom_scorer").register()
+        assert "variation_ratio" in SCORERS
+    assert SCORERS.names() == before and "variation_ratio" not in SCORERS

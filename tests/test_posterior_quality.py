@@ -17,7 +17,7 @@ from scipy.stats import spearmanr
 from alkit.acquisition.scores import bald, epig
 from alkit.metrics.calibration import accuracy, ece, nll
 from alkit.posterior.laplace_head import fit_laplace_head
-from alkit.workflows.select import promote_samples
+from alkit.acquisition.pipeline import promote_samples
 
 
 @pytest.fixture(scope="module")

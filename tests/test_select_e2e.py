@@ -142,3 +142,48 @@ def test_batchbald_batch_mode_is_opt_in_and_recorded(cli, imported_pool):
     assert json.loads(rounds[0].settings)["batch_mode"] == "batchbald"
     bad = cli("select", "--budget", "3", "--batch-mode", "nope")
     assert bad.exit_code == 4 and "batchbald" in bad.stderr
+
+
+@pytest.fixture
+def planted_pool(cli, make_images, tmp_path):
+    """Three tight clusters of confident items plus one planted item halfway between the
+    clusters of classes a and b (its embedding is equidistant from both centres); 4 labels
+    per class. Returns the planted item's path."""
+    rng = np.random.default_rng(1)
+    num_classes, dim, per_class = 3, 16, 15
+    centres = np.linalg.qr(rng.normal(size=(dim, num_classes)))[0].T  # orthonormal class centres
+    truth = np.repeat(np.arange(num_classes), per_class)
+    vectors = centres[truth] + 0.05 * rng.normal(size=(len(truth), dim))
+    planted = (centres[0] + centres[1]) / np.sqrt(2.0)  # cosine 0.707 to a and to b, 0 to c
+    vectors = np.vstack([vectors, planted])
+    paths = make_images(len(vectors))
+    npz = tmp_path / "emb.npz"
+    np.savez(npz, paths=np.array([str(p) for p in paths]), embeddings=vectors.astype(np.float32),
+             text_embeddings=centres.astype(np.float32))
+    names = ["a", "b", "c"]
+    labelled = [i for k in range(num_classes) for i in range(k * per_class, k * per_class + 4)]
+    labels_csv = tmp_path / "labels.csv"
+    labels_csv.write_text("path,label\n" + "".join(f"{paths[i]},{names[truth[i]]}\n" for i in labelled))
+    for args in (("init",), ("add", str(paths[0].parent)), ("classes", "set", *names),
+                 ("embed", "--from", str(npz), "--name", "synthetic"), ("labels", "import", str(labels_csv))):
+        assert cli(*args).exit_code == 0
+    assert cli("fit").exit_code == 0
+    return str(paths[-1].resolve())
+
+
+def _first_pick(cli, *flags):
+    result = cli("select", "--budget", "1", "--seed", "3", "--json", *flags)
+    assert result.exit_code == 0, result.output
+    (line,) = [json.loads(line) for line in result.stdout.splitlines()]
+    return line["path"]
+
+
+@pytest.mark.parametrize("strategy", ["bald", "entropy", "margin"])
+def test_uncertainty_strategies_pick_the_planted_ambiguous_item(cli, planted_pool, strategy):
+    """The strategy is not ignored: among 41 confident unlabelled items, the one the posterior
+    cannot place (between the a and b clusters) is the first pick of every uncertainty score."""
+    assert _first_pick(cli, "--strategy", strategy) == planted_pool
+
+
+def test_random_with_the_same_seed_is_not_drawn_to_the_planted_item(cli, planted_pool):
+    assert _first_pick(cli, "--strategy", "random") != planted_pool

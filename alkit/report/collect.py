@@ -233,8 +233,7 @@ def _score_like_select(project, context, posterior, candidate_ids: np.ndarray, r
     """Scores with `alkit select`'s own scoring function and the round's recorded settings."""
     import dataclasses
 
-    from alkit.acquisition import SCORERS
-    from alkit.workflows.select import SelectSettings, _score
+    from alkit.workflows.select import SelectSettings, score_candidates
 
     known = {f.name for f in dataclasses.fields(SelectSettings)}
     values = {k: v for k, v in recorded.items() if k in known}
@@ -242,4 +241,4 @@ def _score_like_select(project, context, posterior, candidate_ids: np.ndarray, r
     settings = SelectSettings(**values)
     if len(candidate_ids) == 0:
         return np.array([])
-    return _score(project, context, posterior, candidate_ids, settings, SCORERS.get(settings.strategy), None)
+    return score_candidates(project, context, posterior, candidate_ids, settings)
