@@ -14,7 +14,7 @@ matmul on the same data (measured in the same run), and the process's peak RSS s
 embedding matrix itself).
 
 Scores from S samples go through the logits fast path (`score_logits_in_chunks`: sampled
-logits in cache-sized chunks, no softmax or per-element log, see `scores._logit_summaries`);
+logits in cache-sized chunks, no softmax or per-element log, see `alkit.acquisition.logits._logit_summaries`);
 EPIG needs probabilities and uses `score_in_chunks`. `--compare-n` items are also scored
 with the previous probability path (softmax -> `bald`) in the same run, as a same-load
 speed-up check and an agreement check.
@@ -27,18 +27,17 @@ before and after and refuses to run above `--max-load` unless `--force`.
 
 from __future__ import annotations
 
+import argparse
+import os
+import resource
 import sys
+import time
 from pathlib import Path
 
-import argparse  # noqa: E402
-import os  # noqa: E402
-import resource  # noqa: E402
-import time  # noqa: E402
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # also runs as `python benchmarks/select_kernels.py`
 
 from alkit.acquisition.pipeline import score_in_chunks, score_logits_in_chunks, top_candidates  # noqa: E402
 

@@ -35,7 +35,7 @@ import numpy as np
 
 from alkit.arrays import chunk_slices
 from alkit.errors import InputError
-from alkit.retrieval.settings import IndexKind, IndexSettings, resolve_settings
+from alkit.retrieval.settings import PQ_BITS, PQ_CODES, IndexKind, IndexSettings, resolve_settings
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,6 @@ TRAIN_POINTS_PER_LIST = 40
 """IVF k-means trains on at most this many sampled vectors per list (faiss wants >= 39):
 training is most of an IVF build, and more points did not raise recall in the benchmark."""
 
-PQ_BITS = 8  # bits per PQ sub-vector code ...
-PQ_CODES = 1 << PQ_BITS  # ... so 256 codes per sub-vector
 PQ_TRAIN_POINTS_PER_CODE = 64
 PQ_TRAIN_ITERATIONS = 10
 """PQ codebooks (256 codes per sub-vector) train on <= 64 * 256 points for 10 k-means rounds:

@@ -32,6 +32,9 @@ AUTO_PQ_THRESHOLD = 500_000
 """`auto` compresses with PQ (and re-ranks) from this many items: an IVF-flat index of 1M x 512
 float32 vectors holds ~2 GB, IVF-PQ with 128-byte codes ~140 MB (codes + ids)."""
 
+PQ_BITS = 8  # bits per PQ sub-vector code ...
+PQ_CODES = 1 << PQ_BITS  # ... so 256 codes per sub-vector, and at least as many items to train them
+
 MIN_POINTS_PER_LIST = 39
 """`nlist` is capped at N // 39 so k-means never runs with too few points per centroid."""
 
@@ -133,8 +136,8 @@ def resolve_settings(num_items: int, dim: int, settings: IndexSettings) -> Index
     if pq_m is not None:
         if dim % pq_m:
             raise InputError(f"--pq {pq_m} must divide the embedding dimension {dim}; try {_divisor_near(dim, pq_m)}")
-        if num_items < 256:
-            raise InputError(f"IVF-PQ needs >= 256 items to train its codebooks, the pool has {num_items}; use --kind flat")
+        if num_items < PQ_CODES:
+            raise InputError(f"IVF-PQ needs >= {PQ_CODES} items to train its codebooks, the pool has {num_items}; use --kind flat")
     return replace(settings, kind=kind, nlist=capped, pq_m=pq_m)
 
 
