@@ -29,6 +29,7 @@ from typing import Callable
 import numpy as np
 
 from alkit.acquisition.batchbald import SHORTLIST, batchbald_batch, shortlist_size
+from alkit.arrays import l2_normalise
 from alkit.errors import InputError, StateError
 from alkit.registry import Registry
 
@@ -196,9 +197,7 @@ def select_without_near_duplicates(
     for index in candidates:
         if len(kept) == budget:
             break
-        vector = vectors[index].astype(np.float64)
-        norm = np.linalg.norm(vector)
-        vector = vector / norm if norm > 0 else vector
+        vector = l2_normalise(vectors[index].astype(np.float64))
         if kept and is_near_duplicate(float(np.max(kept_vectors[: len(kept)] @ vector)), threshold):
             continue
         kept_vectors[len(kept)] = vector
