@@ -29,8 +29,9 @@ from typing import Callable
 import numpy as np
 
 from alkit.acquisition.batchbald import SHORTLIST, batchbald_batch, shortlist_size
+from alkit.acquisition.checks import check_budget
 from alkit.arrays import l2_normalise
-from alkit.errors import InputError, StateError
+from alkit.errors import InputError
 from alkit.registry import Registry
 
 DEFAULT_MODE = "power"
@@ -46,13 +47,7 @@ def _validated_scores(scores, budget: int) -> np.ndarray:
     values = np.asarray(scores, dtype=np.float64)
     if values.ndim != 1:
         raise InputError(f"scores must have shape (N,), got {values.shape}")
-    if budget < 0:
-        raise InputError(f"budget must be >= 0, got {budget}")
-    if budget > values.shape[0]:
-        raise StateError(
-            f"budget {budget} is larger than the {values.shape[0]} candidate items; "
-            f"lower --budget to at most {values.shape[0]} or add unlabelled images"
-        )
+    check_budget(budget, values.shape[0])
     if np.isnan(values).any():
         raise InputError(f"scores hold {int(np.isnan(values).sum())} NaN values; check the posterior")
     return values

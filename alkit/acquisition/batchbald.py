@@ -20,7 +20,8 @@ from typing import Callable
 
 import numpy as np
 
-from alkit.errors import InputError, StateError
+from alkit.acquisition.checks import check_budget
+from alkit.errors import InputError
 
 # Floats per (configs, candidates, K) block; 4M float64 = 32 MB.
 _BLOCK_ELEMENTS = 1 << 22
@@ -125,12 +126,7 @@ def batchbald(
     if values.ndim != 3:
         raise InputError(f"probs must have shape (S, N, K), got {values.shape}")
     num_samples, num_items, num_classes = values.shape
-    if budget < 0:
-        raise InputError(f"budget must be >= 0, got {budget}")
-    if budget > num_items:
-        raise StateError(
-            f"budget {budget} is larger than the {num_items} candidate items; lower --budget to at most {num_items}"
-        )
+    check_budget(budget, num_items)
     rng = np.random.default_rng(seed)
     conditional = _conditional_entropies(values)  # (N,)
     chosen: list[int] = []

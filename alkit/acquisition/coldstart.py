@@ -15,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 
+from alkit.acquisition.checks import check_budget
 from alkit.errors import InputError, StateError
 from alkit.registry import Registry
 
@@ -27,12 +28,7 @@ def _validated(embeddings, budget: int) -> np.ndarray:
     vectors = np.asarray(embeddings, dtype=np.float32)
     if vectors.ndim != 2:
         raise InputError(f"embeddings must have shape (N, D), got {vectors.shape}")
-    if budget < 0:
-        raise InputError(f"budget must be >= 0, got {budget}")
-    if budget > vectors.shape[0]:
-        raise StateError(
-            f"budget {budget} is larger than the {vectors.shape[0]} items; lower --budget to at most {vectors.shape[0]}"
-        )
+    check_budget(budget, vectors.shape[0])
     return vectors
 
 
