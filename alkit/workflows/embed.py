@@ -42,6 +42,8 @@ class EngineRun:
 
 @dataclass
 class EmbedResult(JsonResult):
+    """What one `alkit embed` run did, for the summary line and `--json` (spec as "spec"/"key")."""
+
     spec_id: int
     spec_name: str
     spec_key: str

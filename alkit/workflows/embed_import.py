@@ -32,6 +32,8 @@ NPZ_HINT = "save it with numpy.savez(FILE.npz, paths=..., embeddings=...)"
 
 @dataclass
 class ImportResult(JsonResult):
+    """What one `alkit embed --from` import stored, registered and skipped (with reasons)."""
+
     spec_id: int
     spec_name: str
     dim: int
