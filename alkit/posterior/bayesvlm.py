@@ -52,6 +52,7 @@ CHUNK_SIZE = 8192
 PREDICTIVE_SAMPLES = 256
 PREDICTIVE_SEED = 20_240_917
 PREDICTIVE_CHUNK = 1024
+TEXT_SIDE_SEED_OFFSET = 1  # the text projection's draws use seed + this, apart from the image side's
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:
@@ -269,7 +270,7 @@ class BayesVLMPosterior:
         text = self.class_text.astype(np.float32)
         if self.text_side is not None:
             side = self.text_side
-            q_draws = side.eigen.sample(side.projection, num_samples, seed + 1, side.pseudo_data, side.prior_precision, side.damping)
+            q_draws = side.eigen.sample(side.projection, num_samples, seed + TEXT_SIDE_SEED_OFFSET, side.pseudo_data, side.prior_precision, side.damping)
             psi = with_bias_column(side.features, side.factors.bias).astype(np.float32)
             text = np.einsum("kt,sdt->skd", psi, q_draws)  # (S, K, D)
         return ProjectionSamples(projections, text, seed)

@@ -21,6 +21,8 @@ from alkit.posterior.evidence import optimise_prior_precision
 from alkit.posterior.kfac import add_labelled_inputs, kfac_sums
 from alkit.posterior.kronecker import eigendecompose
 
+LBFGS_HISTORY = 30  # L-BFGS correction pairs of the refit's MAP search
+
 
 @dataclass(frozen=True)
 class RefitSettings:
@@ -70,7 +72,7 @@ def _fine_tune_whitened(phi, labels, parent: "BayesVLMPosterior", settings: Refi
     ), dtype=torch.float64)  # (q, p)
     whitened = torch.zeros(tuple(inverse_root.shape), dtype=torch.float64, requires_grad=True)
     optimiser = torch.optim.LBFGS(
-        [whitened], lr=1.0, max_iter=settings.max_iterations, history_size=30, line_search_fn="strong_wolfe",
+        [whitened], lr=1.0, max_iter=settings.max_iterations, history_size=LBFGS_HISTORY, line_search_fn="strong_wolfe",
         tolerance_grad=settings.gradient_tolerance, tolerance_change=0.0,
     )
 

@@ -43,7 +43,7 @@ from alkit.posterior.laplace_head_fit import LaplaceHeadSettings, fit_map_head, 
 from alkit.posterior.probcosine import probit_softmax
 
 KIND = "laplace_head"
-CHUNK_SIZE = 65536
+CHUNK_SIZE = 65536  # inputs per float32 matmul in `logit_moments`
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,11 @@ from alkit.posterior.kronecker import Damping, EigenFactors, eigendecompose
 from alkit.posterior.laplace_head_fit import LaplaceHeadSettings, fit_map_head, head_factors
 from alkit.posterior.probcosine import probit_softmax
 
+TEMPERATURE_BOUNDS = (0.1, 10.0)
+VARIANCE_SCALE_BOUNDS = (1e-3, 10.0)
+PROBABILITY_FLOOR = 1e-300  # log of a zero held-out probability stays finite
+SEARCH_TOLERANCES = {"xatol": 1e-3, "fatol": 1e-6}  # Nelder-Mead on (log T, log tau)
+
 
 def centred_logit_moments(
     xa: np.ndarray, weights: np.ndarray, eigen: EigenFactors, prior_precision: float, damping: Damping
@@ -26,10 +31,6 @@ def centred_logit_moments(
 def calibrated_probs(mean: np.ndarray, var: np.ndarray, temperature: float, variance_scale: float) -> np.ndarray:
     """Probit predictive of the calibrated logits T f, f ~ N(mean, tau var)."""
     return probit_softmax(temperature * mean, temperature**2 * variance_scale * var)
-
-
-TEMPERATURE_BOUNDS = (0.1, 10.0)
-VARIANCE_SCALE_BOUNDS = (1e-3, 10.0)
 
 
 def calibrate_head(
@@ -68,9 +69,9 @@ def calibrate_head(
     def held_out_nll(log_params: np.ndarray) -> float:
         temperature, scale = np.exp(np.clip(log_params, lo, hi))
         probs = calibrated_probs(mean, var, temperature, scale)
-        return float(-np.log(np.clip(probs[rows, truth], 1e-300, None)).mean())
+        return float(-np.log(np.clip(probs[rows, truth], PROBABILITY_FLOOR, None)).mean())
 
-    result = minimize(held_out_nll, np.zeros(2), method="Nelder-Mead", options={"xatol": 1e-3, "fatol": 1e-6})
+    result = minimize(held_out_nll, np.zeros(2), method="Nelder-Mead", options=SEARCH_TOLERANCES)
     temperature, scale = np.exp(np.clip(result.x, lo, hi))
     return {
         "temperature": float(temperature), "variance_scale": float(scale),

@@ -17,6 +17,11 @@ from alkit.posterior.kfac import KroneckerFactors
 from alkit.posterior.kronecker import Damping, EigenFactors, eigendecompose
 from alkit.posterior.probcosine import probit_softmax
 
+LBFGS_HISTORY = 30  # L-BFGS correction pairs
+# The MAP counts as converged when the exact gradient in W is within this factor of the
+# whitened search's tolerance (the two coordinates scale the gradient differently).
+CONVERGENCE_SLACK = 10
+
 
 @dataclass(frozen=True)
 class LaplaceHeadSettings:
@@ -115,11 +120,11 @@ def fit_map_head(
     x0 = ((prior if start is None else start) @ unwhiten).ravel()
     result = minimize(
         whitened, x0, jac=True, method="L-BFGS-B",
-        options={"maxiter": max_iterations, "gtol": gradient_tolerance * (labels.shape[0] + 1), "ftol": 0.0, "maxcor": 30},
+        options={"maxiter": max_iterations, "gtol": gradient_tolerance * (labels.shape[0] + 1), "ftol": 0.0, "maxcor": LBFGS_HISTORY},
     )
     weights = result.x.reshape(num_classes, width) @ whiten
     gradient = loss_and_gradient(weights.ravel())[1]
-    converged = bool(np.abs(gradient).max() <= 10 * gradient_tolerance * (labels.shape[0] + 1))
+    converged = bool(np.abs(gradient).max() <= CONVERGENCE_SLACK * gradient_tolerance * (labels.shape[0] + 1))
     return MapFit(weights, int(result.nit), converged)
 
 

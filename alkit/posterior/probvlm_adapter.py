@@ -19,6 +19,10 @@ from alkit.posterior.gennorm import BetaGrid, gennorm_nll
 
 ALPHA_FLOOR = 1e-5  # keeps the NLL bounded below when mu hits the target exactly
 LOG_ALPHA_MAX = 3.0
+MEAN_HEAD_SCALE = 0.1  # the mean head starts at a tenth of nn.Linear's init (small, not zero)
+INITIAL_ALPHA_FRACTION = 0.1  # alpha starts at this fraction of a unit vector's per-dim spread 1/sqrt(D)
+INITIAL_BETA = 2.0  # the shape starts Gaussian ...
+BETA_START_RANGE = (0.05, 0.95)  # ... as a sigmoid position kept off the saturated ends
 PARAM_NAMES = ("W1", "b1", "W2", "b2", "W_mu", "b_mu", "W_alpha", "b_alpha", "W_beta", "b_beta")
 
 
@@ -85,13 +89,13 @@ def init_adapter(dim: int, settings: ProbVLMSettings, generator) -> dict:
     def uniform(shape: tuple[int, ...], fan_in: int):
         return (torch.rand(shape, generator=generator) * 2 - 1) / np.sqrt(fan_in)
 
-    beta_start = (2.0 - settings.beta_min) / (settings.beta_max - settings.beta_min)
-    beta_start = float(np.clip(beta_start, 0.05, 0.95))
+    beta_start = (INITIAL_BETA - settings.beta_min) / (settings.beta_max - settings.beta_min)
+    beta_start = float(np.clip(beta_start, *BETA_START_RANGE))
     params = {
         "W1": uniform((hidden, dim), dim), "b1": uniform((hidden,), dim),
         "W2": uniform((hidden, hidden), hidden), "b2": uniform((hidden,), hidden),
-        "W_mu": 0.1 * uniform((dim, hidden), hidden), "b_mu": torch.zeros(dim),
-        "W_alpha": torch.zeros(dim, hidden), "b_alpha": torch.full((dim,), float(np.log(0.1 / np.sqrt(dim)))),
+        "W_mu": MEAN_HEAD_SCALE * uniform((dim, hidden), hidden), "b_mu": torch.zeros(dim),
+        "W_alpha": torch.zeros(dim, hidden), "b_alpha": torch.full((dim,), float(np.log(INITIAL_ALPHA_FRACTION / np.sqrt(dim)))),
         "W_beta": torch.zeros(dim, hidden), "b_beta": torch.full((dim,), float(np.log(beta_start / (1 - beta_start)))),
     }
     return {name: value.contiguous() for name, value in params.items()}
