@@ -187,3 +187,26 @@ def test_uncertainty_strategies_pick_the_planted_ambiguous_item(cli, planted_poo
 
 def test_random_with_the_same_seed_is_not_drawn_to_the_planted_item(cli, planted_pool):
     assert _first_pick(cli, "--strategy", "random") != planted_pool
+
+
+def test_epig_against_a_target_split_selects_pool_images_only(cli, make_images, tmp_path):
+    rng = np.random.default_rng(2)
+    centres = np.linalg.qr(rng.normal(size=(8, 2)))[0].T
+    pool, targets = make_images(24), make_images(6, folder="targets", start_seed=100)
+    truth = np.arange(30) % 2
+    vectors = centres[truth] + 0.3 * rng.normal(size=(30, 8))
+    npz = tmp_path / "emb.npz"
+    np.savez(npz, paths=np.array([str(p) for p in pool + targets]), embeddings=vectors.astype(np.float32),
+             text_embeddings=centres.astype(np.float32))
+    labels_csv = tmp_path / "labels.csv"
+    labels_csv.write_text("path,label\n" + "".join(f"{pool[i]},{'ab'[truth[i]]}\n" for i in range(4)))
+    for args in (("init",), ("add", str(pool[0].parent)), ("add", str(targets[0].parent), "--split", "target"),
+                 ("classes", "set", "a", "b"), ("embed", "--from", str(npz), "--name", "synthetic"),
+                 ("labels", "import", str(labels_csv)), ("fit",)):
+        assert cli(*args).exit_code == 0, args
+    result = cli("select", "--budget", "3", "--strategy", "epig", "--target", "target", "--samples", "16", "--json")
+    assert result.exit_code == 0, result.output
+    chosen = {json.loads(line)["path"] for line in result.stdout.splitlines()}
+    assert len(chosen) == 3 and chosen <= {str(p.resolve()) for p in pool[4:]}
+    missing = cli("select", "--budget", "3", "--strategy", "epig", "--target", "test")
+    assert missing.exit_code == 5 and "split 'test' has no embedded images" in missing.stderr
