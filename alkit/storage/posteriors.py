@@ -28,6 +28,11 @@ def newest_posterior_row(connection: Connection, spec_id: int, classes_key: str)
     return connection.execute(query).first()
 
 
+def posterior_version_row(connection: Connection, version: int) -> sa.Row | None:
+    """The row of one posterior version (any spec or class list), or None."""
+    return connection.execute(sa.select(posteriors).where(posteriors.c.version == version)).first()
+
+
 def record_posterior(
     connection: Connection, *, kind: str, spec_id: int, classes_key: str, parent_version: int | None, path: str,
     curvature_source: str, labels_used: int, settings: dict[str, Any],
