@@ -59,12 +59,9 @@ def close(
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Close a round by hand so `alkit sync` moves on."""
-    from alkit.locking import project_lock
-    from alkit.workflows.rounds import close_round
+    from alkit.workflows.rounds import close_by_hand
 
-    project = ctx.obj.project()
-    with project_lock(project, "labelstudio"):
-        result = close_round(project, round_id, requeue=requeue)
+    result = close_by_hand(ctx.obj.project(), round_id, requeue=requeue)
     if json_output:
         emit_json(result.as_json())
         return

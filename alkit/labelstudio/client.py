@@ -1,8 +1,8 @@
 """The one place alkit talks to Label Studio (label-studio-sdk 2.x), with retries and clean errors.
 
-Every call goes through `_call`: connection errors and 5xx answers are retried with
-exponential backoff; 401/403 (bad token), 404 (missing project, JSON or HTML body) and the
-rest become one-line `ExternalServiceError`s that never contain the token. Task import is
+Every call goes through `_call` (`alkit.labelstudio.retry`): connection errors and 5xx answers
+are retried with exponential backoff; 401/403 (bad token), 404 (missing project, JSON or HTML
+body) and the rest become one-line `ExternalServiceError`s that never contain the token. Task import is
 retried only when the request never reached the server, so a retry cannot duplicate
 tasks (the push workflow reconciles by `data.alkit_key` anyway). The SDK (which imports
 pandas) is imported on first use, never at `alkit --help`.
@@ -13,42 +13,15 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from alkit.errors import ExternalServiceError
 from alkit.labelstudio.config import DATA_TASK_KEY
+from alkit.labelstudio.retry import RetryPolicy, call_with_retries
 
 LOOKUP_CHUNK = 50  # task keys (~100 characters each) per regex filter when looking up existing tasks
 PAGE_SIZE = 500
 ID_PAGE_SIZE = 5000  # ids only: ~20 requests for 100k tasks
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    attempts: int = 4  # total tries for one call
-    base_delay_s: float = 0.5
-    max_delay_s: float = 8.0
-
-    def delay(self, attempt: int) -> float:
-        return min(self.max_delay_s, self.base_delay_s * (2 ** (attempt - 1)))
-
-
-def _detail(body: Any) -> str:
-    """A short reason from an error body that may be JSON, HTML, bytes or nothing."""
-    if isinstance(body, bytes):
-        body = body.decode("utf-8", "replace")
-    if isinstance(body, dict):
-        detail = str(body.get("detail") or body.get("message") or "").strip()
-        errors = body.get("validation_errors")
-        if errors:
-            detail = f"{detail}: {json.dumps(errors, ensure_ascii=False)}" if detail else json.dumps(errors)
-        return detail[:300]
-    if isinstance(body, str):
-        if "<html" in body.lower() or "<!doctype" in body.lower():
-            return "HTML error page"
-        return re.sub(r"\s+", " ", body).strip()[:200]
-    return ""
 
 
 class LabelStudioClient:
@@ -93,58 +66,8 @@ class LabelStudioClient:
     def _scrub(self, text: str) -> str:
         return text.replace(self._token, "***") if self._token else text
 
-    def _error(self, what: str, error: BaseException, attempts: int) -> ExternalServiceError:
-        from label_studio_sdk.core.api_error import ApiError
-
-        if isinstance(error, ApiError):
-            status = error.status_code
-            detail = _detail(error.body)
-            reason = f"{status}{': ' + detail if detail else ''}"
-            if status in (401, 403):
-                message = (
-                    f"Label Studio at {self.url} refused the token while trying to {what} ({reason}); "
-                    "set ALKIT_LS_TOKEN (or --token) to a valid Access Token from Account & Settings"
-                )
-            elif status == 404:
-                message = (
-                    f"Label Studio at {self.url}: not found while trying to {what} ({reason}); check ls_project_id "
-                    f"in alkit.toml or run `alkit ls connect --url {self.url} --project-id ID` "
-                    f"(or `alkit ls connect --url {self.url} --create TITLE`)"
-                )
-            elif status >= 500:
-                message = (
-                    f"Label Studio at {self.url} failed to {what} ({reason}) after {attempts} attempts; "
-                    "check the server log, then rerun"
-                )
-            else:
-                message = f"Label Studio at {self.url} rejected the request to {what} ({reason})"
-        else:
-            reason = str(error) or type(error).__name__
-            message = (
-                f"cannot reach Label Studio at {self.url} to {what} ({type(error).__name__}: {reason}) after "
-                f"{attempts} attempts; start the server or fix the URL with `alkit ls connect --url URL --project-id ID`"
-            )
-        return ExternalServiceError(self._scrub(message))
-
     def _call(self, what: str, fn: Callable[[], Any], idempotent: bool = True) -> Any:
-        import httpx
-        from label_studio_sdk.core.api_error import ApiError
-
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return fn()
-            except ApiError as error:
-                retry = idempotent and (error.status_code or 0) >= 500
-                if not retry or attempt >= self._retry.attempts:
-                    raise self._error(what, error, attempt) from None
-            except httpx.TransportError as error:
-                # A refused connection never reached the server: safe to retry any call.
-                retry = idempotent or isinstance(error, httpx.ConnectError)
-                if not retry or attempt >= self._retry.attempts:
-                    raise self._error(what, error, attempt) from None
-            self._sleep(self._retry.delay(attempt))
+        return call_with_retries(what, fn, self.url, self._retry, self._sleep, self._scrub, idempotent)
 
     # -- endpoints -------------------------------------------------------------------------
 

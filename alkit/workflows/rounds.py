@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 
 from alkit.errors import InputError, StateError
 from alkit.jsonable import JsonResult
+from alkit.locking import project_lock
 from alkit.project import Project
 from alkit.storage.images import back_to_pool, reject_image
 from alkit.storage.labels import labelled_among
@@ -29,6 +30,7 @@ from alkit.storage.rounds import (
 )
 from alkit.storage.schema import ACTIVE_ROUND_STATUSES, RoundItemOutcome, RoundStatus
 from alkit.storage.tasks import EXCLUDED_EVENT, forget_round_tasks, record_events, round_task_of_images, skip_counts
+from alkit.workflows.ls_project import LOCK_NAME
 
 EXCLUDED_PREFIX = "excluded from selection"
 SECONDS_PER_HOUR = 3600.0
@@ -139,6 +141,12 @@ def close_round(project: Project, round_id: int, requeue: bool = False, reason: 
         close_round_row(connection, round_id, reason)
     requeued = waiting if outcome is RoundItemOutcome.REQUEUED else []
     return CloseResult(round_id, requeued, [] if requeued else waiting, row.status, reason)
+
+
+def close_by_hand(project: Project, round_id: int, requeue: bool = False) -> CloseResult:
+    """`alkit rounds close`: `close_round` under the project lock (LockedError while a push, pull or sync runs)."""
+    with project_lock(project, LOCK_NAME):
+        return close_round(project, round_id, requeue=requeue)
 
 
 def close_old_rounds(project: Project, max_age_hours: float | None) -> list[CloseResult]:
