@@ -210,3 +210,9 @@ def test_epig_against_a_target_split_selects_pool_images_only(cli, make_images, 
     assert len(chosen) == 3 and chosen <= {str(p.resolve()) for p in pool[4:]}
     missing = cli("select", "--budget", "3", "--strategy", "epig", "--target", "test")
     assert missing.exit_code == 5 and "split 'test' has no embedded images" in missing.stderr
+
+
+def test_batchbald_with_a_strategy_that_uses_no_posterior_is_refused_before_any_work(cli, imported_pool):
+    result = cli("select", "--budget", "2", "--strategy", "random", "--batch-mode", "batchbald")
+    assert result.exit_code == 4 and "uses no posterior" in result.stderr
+    assert round_rows(cli.project_dir)[0] == []

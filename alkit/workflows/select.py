@@ -53,17 +53,22 @@ class SelectionResult(JsonResult):
 
 
 def _validate(settings: SelectSettings):
-    """(scorer, batch mode) of the settings; unknown names and bad numbers raise InputError."""
+    """The settings' scorer; unknown names, a joint batch mode without a posterior and bad
+    numbers raise InputError."""
     from alkit.acquisition import BATCH_MODES, COLD_START, SCORERS
 
     scorer = SCORERS.get(settings.strategy)
-    batch_mode = BATCH_MODES.get(settings.batch_mode)
+    if BATCH_MODES.get(settings.batch_mode).joint and not scorer.uses_posterior:
+        raise InputError(
+            f"--batch-mode {settings.batch_mode} chooses from posterior samples but --strategy {settings.strategy} "
+            "uses no posterior; pick another --batch-mode or --strategy"
+        )
     COLD_START.get(settings.cold_start)
     if settings.budget < 1:
         raise InputError(f"--budget must be >= 1, got {settings.budget}")
     if settings.samples < 2:
         raise InputError(f"--samples must be >= 2, got {settings.samples}")
-    return scorer, batch_mode
+    return scorer
 
 
 def select_round(project: Project, settings: SelectSettings) -> SelectionResult:
@@ -72,7 +77,7 @@ def select_round(project: Project, settings: SelectSettings) -> SelectionResult:
     from alkit.storage.selection import eligible_pool_ids
 
     started = time.perf_counter()
-    scorer, batch_mode = _validate(settings)
+    scorer = _validate(settings)
     from alkit.workflows.current_posterior import posterior_context
 
     context = posterior_context(project)
