@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from alkit.arrays import l2_normalise
 from alkit.errors import InputError
 from alkit.posterior.base import PosteriorProvenance
 from alkit.posterior.bayesvlm import KIND, BayesVLMPosterior
@@ -153,7 +154,7 @@ def labelled_log_evidence(parent: BayesVLMPosterior, child: BayesVLMPosterior, p
     choose the pseudo-data multiplier n of the zero-shot curvature."""
     features = parent._features(phi)
     g = features @ child.projection.T
-    g = g / np.linalg.norm(g, axis=1, keepdims=True)
+    g = l2_normalise(g)
     logits = child.logit_scale * g @ child.class_text.T
     logits = logits - logits.max(axis=1, keepdims=True)
     log_lik = float((logits[np.arange(len(labels)), labels] - np.log(np.exp(logits).sum(axis=1))).sum())

@@ -33,6 +33,7 @@ from typing import Literal
 
 import numpy as np
 
+from alkit.arrays import l2_normalise
 from alkit.errors import InputError
 
 Covariance = Literal["delta", "full", "diagonal"]
@@ -116,8 +117,7 @@ def cosine_moments(
     norm = np.sqrt(np.outer(s_g, s_h))  # (N, K)
     mean_cos = (mu_g @ mu_h.T) / norm
     if covariance == "delta":
-        unit_g = mu_g / np.linalg.norm(mu_g, axis=1, keepdims=True)
-        unit_h = mu_h / np.linalg.norm(mu_h, axis=1, keepdims=True)
+        unit_g, unit_h = l2_normalise(mu_g), l2_normalise(mu_h)
         cosine = unit_g @ unit_h.T  # (N, K)
         if centred:  # w_k -> w_k - mean w, r_k -> r_k - mean r (u . (w_k - mean w) = r_k - mean r)
             var = _delta_term(image, unit_g, unit_h - unit_h.mean(0), cosine - cosine.mean(1, keepdims=True), s_g)
