@@ -23,6 +23,7 @@ import hmac
 import json
 import threading
 import time
+from http import HTTPStatus
 from typing import Any, Callable
 
 from alkit.errors import ConfigError, InputError
@@ -32,6 +33,11 @@ ANNOTATION_ACTIONS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANN
 TRAIN_ACTIONS = ANNOTATION_ACTIONS | {"START_TRAINING"}
 DEFAULT_MAX_BODY = 1 << 20  # webhook payloads: a task, an annotation and the project (~10 kB)
 BACKEND_MAX_BODY = 32 << 20  # /predict may carry many tasks
+LISTEN_BACKLOG = 128  # connections made before uvicorn starts wait in the backlog
+SHUTDOWN_GRACE_S = 2  # uvicorn's graceful shutdown
+START_TIMEOUT_S = 10.0  # `start()` waits this long for the server to accept connections
+START_POLL_S = 0.02
+STOP_TIMEOUT_S = 10.0
 
 
 def _require_stack():
@@ -55,20 +61,20 @@ async def _read_json_object(request, max_body: int) -> dict:
     if declared is not None:
         try:
             if int(declared) > max_body:
-                raise _Rejected(413, f"body of {declared} bytes exceeds the {max_body}-byte limit")
+                raise _Rejected(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body of {declared} bytes exceeds the {max_body}-byte limit")
         except ValueError:
-            raise _Rejected(400, "bad Content-Length header") from None
+            raise _Rejected(HTTPStatus.BAD_REQUEST, "bad Content-Length header") from None
     body = bytearray()
     async for chunk in request.stream():
         body.extend(chunk)
         if len(body) > max_body:
-            raise _Rejected(413, f"body exceeds the {max_body}-byte limit")
+            raise _Rejected(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body exceeds the {max_body}-byte limit")
     try:
         payload = json.loads(bytes(body) or b"{}")
     except ValueError:
-        raise _Rejected(400, "body is not JSON") from None
+        raise _Rejected(HTTPStatus.BAD_REQUEST, "body is not JSON") from None
     if not isinstance(payload, dict):
-        raise _Rejected(400, f"body must be a JSON object, got {type(payload).__name__}")
+        raise _Rejected(HTTPStatus.BAD_REQUEST, f"body must be a JSON object, got {type(payload).__name__}")
     return payload
 
 
@@ -91,7 +97,7 @@ def _json_endpoint(handler: Callable[[dict], tuple[int, dict]], authorized: Call
     async def endpoint(request):
         if authorized is not None and not authorized(request):
             headers = {"WWW-Authenticate": 'Basic realm="alkit"'} if auth_hint == "basic" else {}
-            return JSONResponse({"error": f"missing or wrong credentials ({auth_hint})"}, status_code=401 if headers else 403, headers=headers)
+            return JSONResponse({"error": f"missing or wrong credentials ({auth_hint})"}, status_code=HTTPStatus.UNAUTHORIZED if headers else HTTPStatus.FORBIDDEN, headers=headers)
         try:
             payload = await _read_json_object(request, max_body)
         except _Rejected as rejected:
@@ -108,12 +114,12 @@ def annotation_event_handler(record: Callable[[str, Any], None], on_event: Calla
     def handle(payload: dict) -> tuple[int, dict]:
         action = str(payload.get("action") or "")
         if action not in actions:
-            return 200, {"ignored": action}
+            return HTTPStatus.OK, {"ignored": action}
         task = payload.get("task")
         task_id = task.get("id") if isinstance(task, dict) else None
         record(action, task_id)
         on_event()
-        return 200, {"recorded": action}
+        return HTTPStatus.OK, {"recorded": action}
 
     return handle
 
@@ -154,17 +160,17 @@ def backend_app(
 
     async def health(request):
         if authorized is not None and not authorized(request):
-            return JSONResponse({"error": "missing or wrong credentials (basic)"}, status_code=401, headers={"WWW-Authenticate": 'Basic realm="alkit"'})
+            return JSONResponse({"error": "missing or wrong credentials (basic)"}, status_code=HTTPStatus.UNAUTHORIZED, headers={"WWW-Authenticate": 'Basic realm="alkit"'})
         return JSONResponse({"status": "UP", "model_class": "alkit"})
 
     def handle_predict(payload: dict) -> tuple[int, dict]:
         tasks = payload.get("tasks")
         if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
-            return 400, {"error": "`tasks` must be a list of task objects"}
-        return 200, {"results": predict(tasks)}
+            return HTTPStatus.BAD_REQUEST, {"error": "`tasks` must be a list of task objects"}
+        return HTTPStatus.OK, {"results": predict(tasks)}
 
     def handle_setup(payload: dict) -> tuple[int, dict]:
-        return 200, setup(payload)
+        return HTTPStatus.OK, setup(payload)
 
     routes = [
         Route("/health", health, methods=["GET"]),
@@ -192,9 +198,9 @@ class ServerHandle:
         self._socket = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind((host, port))
-        self._socket.listen(128)  # connections made before uvicorn starts wait in the backlog
+        self._socket.listen(LISTEN_BACKLOG)
         self.server_address = self._socket.getsockname()[:2]
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=2)
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
         self._server = uvicorn.Server(config)
         self._stopped = threading.Event()
 
@@ -207,14 +213,14 @@ class ServerHandle:
     def start(self) -> "ServerHandle":
         """Serve in a daemon thread; returns once the server accepts connections."""
         threading.Thread(target=self.serve_forever, daemon=True).start()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + START_TIMEOUT_S
         while not self._server.started and not self._stopped.is_set() and time.monotonic() < deadline:
-            time.sleep(0.02)
+            time.sleep(START_POLL_S)
         return self
 
     def shutdown(self) -> None:
         self._server.should_exit = True
-        self._stopped.wait(timeout=10)
+        self._stopped.wait(timeout=STOP_TIMEOUT_S)
 
     def server_close(self) -> None:
         try:
