@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from alkit.errors import InputError, IntegrityError, StateError
+from alkit.errors import InputError, StateError
 from alkit.jsonable import JsonResult
 from alkit.labelstudio.config import config_differences, label_config, relative_to_root, storage_directories
 from alkit.labelstudio.mapping import image_id_of, split_task_key
@@ -19,7 +19,7 @@ from alkit.storage.identity import project_uuid
 from alkit.storage.images import usable_paths
 from alkit.storage.pool import class_names
 from alkit.storage.tasks import recorded_task_ids
-from alkit.workflows.ls_project import ensure_local_storage
+from alkit.workflows.ls_project import ensure_local_storage, label_config_mismatch
 
 CREATED_DESCRIPTION = "created by alkit ls connect"
 
@@ -70,12 +70,11 @@ def _check_existing(project: Project, client, project_id: int, names: list[str],
     else:
         differences = config_differences(client.get_project(project_id).get("label_config") or "", names)
         if differences:
-            raise IntegrityError(
-                f"the labeling config of Label Studio project {project_id} does not match alkit's classes "
-                f"({'; '.join(differences)}); nothing was saved. Fix it in Label Studio (Settings > Labeling "
-                f"Interface) or overwrite it with alkit's: `alkit --project {project.directory} ls connect "
-                f"--url {client.url} --project-id {project_id} {_flags(local_files_root, image_url_prefix, '--write-config')}`"
+            command = (
+                f"alkit --project {project.directory} ls connect --url {client.url} --project-id {project_id} "
+                f"{_flags(local_files_root, image_url_prefix, '--write-config')}"
             )
+            raise label_config_mismatch(project_id, differences, "nothing was saved", "Fix it", command)
     foreign = foreign_tasks(client, project_id, uuid, own_tasks)
     if foreign and not adopt:
         raise StateError(

@@ -46,14 +46,22 @@ def connect_command(url: str, project_id: int | str, project: Project | None = N
     return " ".join(parts) + (f" {extra}" if extra else "")
 
 
+def label_config_mismatch(pid: int, differences: list[str], consequence: str, by_hand: str, command: str) -> IntegrityError:
+    """The error for a labeling config that differs from the class list: each difference, what
+    was not done, and the two fixes (`by_hand` in Label Studio, or `command`)."""
+    return IntegrityError(
+        f"the labeling config of Label Studio project {pid} does not match alkit's classes "
+        f"({'; '.join(differences)}); {consequence}. {by_hand} in Label Studio (Settings > Labeling Interface) "
+        f"or overwrite it with alkit's: `{command}`"
+    )
+
+
 def check_label_config(project: Project, client, pid: int, names: list[str], when: str) -> None:
     """Raise IntegrityError naming each difference between the project's config and the class list."""
     differences = config_differences(client.get_project(pid).get("label_config") or "", names)
     if differences:
-        raise IntegrityError(
-            f"the labeling config of Label Studio project {pid} does not match alkit's classes "
-            f"({'; '.join(differences)}); {when}. Restore it in Label Studio (Settings > Labeling Interface) "
-            f"or overwrite it with alkit's: `{connect_command(client.url, pid, project, '--write-config')}`"
+        raise label_config_mismatch(
+            pid, differences, when, "Restore it", connect_command(client.url, pid, project, "--write-config")
         )
 
 
