@@ -73,60 +73,80 @@ def project(tmp_path):
 
 @dataclass
 class ClusteredPool:
-    """Images on disk with synthetic embeddings drawn around one unit centre per class, and the npz
+    """Images on disk with synthetic embeddings drawn around one centre per class, and the npz
     that `alkit embed --from` imports (class centres as the text embeddings)."""
 
     pool: list[Path]
     test: list[Path]
     names: list[str]
-    truth: dict[str, str]  # path -> class name
-    centres: np.ndarray  # (K, D) unit rows
+    class_index: np.ndarray  # (N,) class position of pool images, then test images
+    centres: np.ndarray  # (K, D)
+    vectors: np.ndarray  # (N, D)
     npz: Path
+    text_embeddings: bool = True
+
+    @property
+    def truth(self) -> dict[str, str]:
+        """path -> class name."""
+        return {str(path): self.names[k] for path, k in zip(self.pool + self.test, self.class_index)}
+
+    def write_npz(self) -> Path:
+        """(Re)write the npz from `vectors` (tests may edit them first)."""
+        extra = {"text_embeddings": self.centres.astype(np.float32)} if self.text_embeddings else {}
+        np.savez(self.npz, paths=np.array([str(path) for path in self.pool + self.test]),
+                 embeddings=self.vectors.astype(np.float32), **extra)
+        return self.npz
 
     def write_labels(self, paths: list[Path], csv: Path) -> Path:
         """A labels CSV giving each of `paths` its true class."""
-        csv.write_text("path,label\n" + "".join(f"{path},{self.truth[str(path)]}\n" for path in paths))
+        truth = self.truth
+        csv.write_text("path,label\n" + "".join(f"{path},{truth[str(path)]}\n" for path in paths))
         return csv
 
 
 @pytest.fixture
 def clustered_pool(make_images, tmp_path):
-    """`clustered_pool(count, dim, names, noise, seed, test_count)`: image i (pool, then test) belongs to
-    class i % K and its embedding is centre + noise * N(0, I)."""
+    """`clustered_pool(count, dim, names, noise, seed, test_count, unit_centres)`: image i (pool, then test)
+    belongs to class i % K and its embedding is centre + noise * N(0, I)."""
 
     def make(count: int = 60, dim: int = 16, names=("a", "b", "c"), noise: float = 0.8, seed: int = 0,
-             test_count: int = 0, size=(16, 12), text_embeddings: bool = True) -> ClusteredPool:
+             test_count: int = 0, size=(16, 12), text_embeddings: bool = True,
+             unit_centres: bool = True) -> ClusteredPool:
         rng = np.random.default_rng(seed)
         centres = rng.normal(size=(len(names), dim))  # (K, D)
-        centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+        if unit_centres:
+            centres /= np.linalg.norm(centres, axis=1, keepdims=True)
         pool = make_images(count, size=size)
         test = make_images(test_count, folder="test", start_seed=500, size=size) if test_count else []
-        classes = np.arange(count + test_count) % len(names)  # (N,)
-        vectors = centres[classes] + noise * rng.normal(size=(count + test_count, dim))  # (N, D)
-        npz = tmp_path / "clustered.npz"
-        extra = {"text_embeddings": centres.astype(np.float32)} if text_embeddings else {}
-        np.savez(npz, paths=np.array([str(path) for path in pool + test]), embeddings=vectors.astype(np.float32), **extra)
-        truth = {str(path): names[k] for path, k in zip(pool + test, classes)}
-        return ClusteredPool(pool, test, list(names), truth, centres, npz)
+        class_index = np.arange(count + test_count) % len(names)  # (N,)
+        vectors = centres[class_index] + noise * rng.normal(size=(count + test_count, dim))  # (N, D)
+        data = ClusteredPool(pool, test, list(names), class_index, centres, vectors, tmp_path / "clustered.npz",
+                             text_embeddings)
+        data.write_npz()
+        return data
 
     return make
 
 
 @pytest.fixture
 def imported_project(cli, clustered_pool, tmp_path):
-    """`imported_project(labelled_pool=6, label_test=True, **clustered_pool options)`: init, add the pool
-    (and the test split), set the classes, import the embeddings and the true labels of the first
-    `labelled_pool` pool images (and of the test split); returns the ClusteredPool."""
+    """`imported_project(labelled_pool=6, label_test=True, edit=None, spec_name=..., **clustered_pool options)`: init, add
+    the pool (and the test split), set the classes, import the embeddings (after `edit(data)` may change
+    them) and the true labels of the first `labelled_pool` pool images (and of the test split)."""
 
-    def make(labelled_pool: int = 0, label_test: bool = False, **options) -> ClusteredPool:
+    def make(labelled_pool: int = 0, label_test: bool = False, edit=None, spec_name: str = "synthetic",
+             **options) -> ClusteredPool:
         data = clustered_pool(**options)
+        if edit is not None:
+            edit(data)
+            data.write_npz()
         labelled = data.pool[:labelled_pool] + (data.test if label_test else [])
         steps = [("init",), ("add", data.pool[0].parent)]
         if data.test:
             steps.append(("add", data.test[0].parent, "--split", "test"))
-        steps += [("classes", "set", *data.names), ("embed", "--from", data.npz, "--name", "synthetic")]
+        steps += [("classes", "set", *data.names), ("embed", "--from", data.npz, "--name", spec_name)]
         if labelled:
-            steps.append(("labels", "import", data.write_labels(list(labelled), tmp_path / "labels.csv")))
+            steps.append(("labels", "import", data.write_labels(labelled, tmp_path / "labels.csv")))
         for step in steps:
             result = cli(*step)
             assert result.exit_code == 0, (step, result.output)

@@ -3,34 +3,14 @@
 import json
 import math
 
-import numpy as np
 import pytest
 
 
 @pytest.fixture
-def pool_with_test_split(cli, make_images, tmp_path):
-    rng = np.random.default_rng(1)
-    names = ["a", "b", "c"]
-    centres = rng.normal(size=(3, 12))
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    pool = make_images(30)
-    test = make_images(12, folder="test", start_seed=500)
-    truth = {str(p): i % 3 for i, p in enumerate(pool + test)}
-    vectors = np.array([centres[truth[str(p)]] + 0.9 * rng.normal(size=12) for p in pool + test])
-    npz = tmp_path / "e.npz"
-    np.savez(npz, paths=np.array([str(p) for p in pool + test]), embeddings=vectors.astype(np.float32),
-             text_embeddings=centres.astype(np.float32))
-    (tmp_path / "labels.csv").write_text(
-        "path,label\n" + "".join(f"{p},{names[truth[str(p)]]}\n" for p in pool[:9] + test)
-    )
-    cli("init")
-    cli("add", str(pool[0].parent))
-    cli("add", str(test[0].parent), "--split", "test")
-    cli("classes", "set", *names)
-    cli("embed", "--from", str(npz), "--name", "x")
-    cli("labels", "import", str(tmp_path / "labels.csv"))
+def pool_with_test_split(cli, imported_project):
+    data = imported_project(count=30, dim=12, noise=0.9, seed=1, test_count=12, labelled_pool=9, label_test=True)
     assert cli("fit").exit_code == 0
-    return names, truth
+    return data.names, {path: data.names.index(name) for path, name in data.truth.items()}
 
 
 def test_eval_json_matches_metrics_recomputed_from_predictions(cli, pool_with_test_split, tmp_path):

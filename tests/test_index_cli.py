@@ -9,34 +9,26 @@ from alkit.embedding.tiny import TINY_VIT, register_config
 
 
 @pytest.fixture
-def clustered_pool(cli, make_images, tmp_path):
+def clustered_index_pool(imported_project):
     """40 images in 4 tight clusters (imported embeddings); images 0 and 1 near-identical."""
-    rng = np.random.default_rng(2)
-    centres = rng.normal(size=(4, 16))
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    truth = np.arange(40) % 4
-    vectors = centres[truth] + 0.15 * rng.normal(size=(40, 16))
-    vectors[1] = vectors[0] + 1e-4
-    paths = make_images(40)
-    npz = tmp_path / "e.npz"
-    np.savez(npz, paths=np.array([str(p) for p in paths]), embeddings=vectors.astype(np.float32),
-             text_embeddings=centres.astype(np.float32))
-    cli("init")
-    cli("add", str(paths[0].parent))
-    cli("classes", "set", "a", "b", "c", "d")
-    assert cli("embed", "--from", str(npz), "--name", "clusters").exit_code == 0
-    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-    return paths, unit, truth
+
+    def near_identical(data):
+        data.vectors[1] = data.vectors[0] + 1e-4
+
+    data = imported_project(count=40, dim=16, names=("a", "b", "c", "d"), noise=0.15, seed=2, edit=near_identical,
+                           spec_name="clusters")
+    unit = data.vectors / np.linalg.norm(data.vectors, axis=1, keepdims=True)
+    return data.pool, unit, data.class_index
 
 
-def test_index_build_then_loaded_then_extended(cli, clustered_pool, make_images, tmp_path):
+def test_index_build_then_loaded_then_extended(cli, clustered_index_pool, make_images, tmp_path):
     first = json.loads(cli("index", "build", "--json").stdout)
     assert first["action"] == "built" and first["rows"] == 40 and first["kind"] == "flat"
     assert json.loads(cli("index", "build", "--json").stdout)["action"] == "loaded"
     extra = make_images(3, folder="extra", start_seed=900)
     npz = tmp_path / "more.npz"
     rng = np.random.default_rng(9)
-    paths, unit, _ = clustered_pool
+    paths, unit, _ = clustered_index_pool
     np.savez(npz, paths=np.array([str(p) for p in paths + extra]),
              embeddings=np.concatenate([unit, rng.normal(size=(3, 16))]).astype(np.float32))
     assert cli("embed", "--from", str(npz), "--name", "clusters").exit_code == 0
@@ -44,8 +36,8 @@ def test_index_build_then_loaded_then_extended(cli, clustered_pool, make_images,
     assert extended["action"] == "extended" and extended["rows"] == 43
 
 
-def test_similar_by_id_matches_brute_force(cli, clustered_pool):
-    paths, unit, _ = clustered_pool
+def test_similar_by_id_matches_brute_force(cli, clustered_index_pool):
+    paths, unit, _ = clustered_index_pool
     rows = [json.loads(l) for l in cli("similar", "--id", "5", "-k", "6", "--json").stdout.splitlines()]
     exact = unit @ unit[4]  # ids are 1-based positions here
     brute_scores = np.sort(exact)[::-1][:6]
@@ -58,20 +50,20 @@ def test_similar_by_id_matches_brute_force(cli, clustered_pool):
     assert [r["id"] for r in by_path] == [r["id"] for r in rows]
 
 
-def test_text_query_on_imported_embeddings_is_a_clear_error(cli, clustered_pool):
+def test_text_query_on_imported_embeddings_is_a_clear_error(cli, clustered_index_pool):
     result = cli("similar", "--text", "a cat")
     assert result.exit_code == 5 and "no encoder" in result.stderr
 
 
-def test_dedup_finds_the_planted_pair(cli, clustered_pool):
-    paths, unit, _ = clustered_pool
+def test_dedup_finds_the_planted_pair(cli, clustered_index_pool):
+    paths, unit, _ = clustered_index_pool
     payload = json.loads(cli("dedup", "--threshold", "0.9999", "--json").stdout)
     assert [c["ids"] for c in payload["clusters"]] == [[1, 2]]
     assert payload["clusters"][0]["paths"] == [str(paths[0]), str(paths[1])]
 
 
-def test_select_like_restricts_to_candidates(cli, clustered_pool):
-    paths, unit, truth = clustered_pool
+def test_select_like_restricts_to_candidates(cli, clustered_index_pool):
+    paths, unit, truth = clustered_index_pool
     result = cli("select", "--budget", "4", "--like", str(paths[2]), "--candidates", "8", "--strategy", "entropy", "--json")
     assert result.exit_code == 0, result.output
     chosen = [json.loads(l)["id"] for l in result.stdout.splitlines()]

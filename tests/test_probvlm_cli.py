@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 
@@ -19,30 +18,15 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def imported(cli, make_images, tmp_path, with_text: bool = True):
+def imported(imported_project, with_text: bool = True):
     """30 images in 3 clusters with imported embeddings (and class text embeddings); 6 labels."""
-    rng = np.random.default_rng(0)
-    num_classes, dim, count = 3, 8, 30
-    centres = rng.normal(size=(num_classes, dim))
-    truth = np.arange(count) % num_classes
-    vectors = centres[truth] + 0.5 * rng.normal(size=(count, dim))
-    paths = make_images(count)
-    npz = tmp_path / "emb.npz"
-    extra = {"text_embeddings": centres.astype(np.float32)} if with_text else {}
-    np.savez(npz, paths=np.array([str(p) for p in paths]), embeddings=vectors.astype(np.float32), **extra)
-    names = ["a", "b", "c"]
-    labels_csv = tmp_path / "labels.csv"
-    labels_csv.write_text("path,label\n" + "".join(f"{paths[i]},{names[truth[i]]}\n" for i in range(6)))
-    assert cli("init").exit_code == 0
-    assert cli("add", str(paths[0].parent)).exit_code == 0
-    assert cli("classes", "set", *names).exit_code == 0
-    assert cli("embed", "--from", str(npz), "--name", "synthetic").exit_code == 0
-    assert cli("labels", "import", str(labels_csv)).exit_code == 0
-    return paths
+    data = imported_project(count=30, dim=8, noise=0.5, seed=0, labelled_pool=6, text_embeddings=with_text,
+                            unit_centres=False)
+    return data.pool
 
 
-def test_fit_probvlm_then_select_and_predict(cli, make_images, tmp_path):
-    imported(cli, make_images, tmp_path)
+def test_fit_probvlm_then_select_and_predict(cli, imported_project):
+    imported(imported_project)
     fit = cli("fit", "--posterior", "probvlm", "--epochs", "2", "--learning-rate", "1e-3", "--json")
     assert fit.exit_code == 0, fit.output
     result = json.loads(fit.stdout)
@@ -64,14 +48,14 @@ def test_fit_probvlm_then_select_and_predict(cli, make_images, tmp_path):
     assert text.exit_code == 0 and "posterior v2 (probvlm)" in text.stdout and "prior precision" not in text.stdout
 
 
-def test_probvlm_without_text_embeddings_is_a_state_error(cli, make_images, tmp_path):
-    imported(cli, make_images, tmp_path, with_text=False)
+def test_probvlm_without_text_embeddings_is_a_state_error(cli, imported_project):
+    imported(imported_project, with_text=False)
     result = cli("fit", "--posterior", "probvlm", "--epochs", "1")
     assert result.exit_code == 5 and "class-prompt text embeddings" in result.stderr
 
 
-def test_probvlm_refuses_caption_pairs(cli, make_images, tmp_path):
-    imported(cli, make_images, tmp_path)
+def test_probvlm_refuses_caption_pairs(cli, imported_project, tmp_path):
+    imported(imported_project)
     pairs = tmp_path / "pairs.csv"
     pairs.write_text("image_path,caption\nx.png,a cat\n")
     result = cli("fit", "--posterior", "probvlm", "--pairs", str(pairs))

@@ -8,27 +8,10 @@ import sqlalchemy as sa
 
 
 @pytest.fixture
-def imported_pool(cli, make_images, tmp_path):
+def imported_pool(imported_project):
     """60 images in 3 clusters with imported embeddings and class text embeddings; 6 labels."""
-    rng = np.random.default_rng(0)
-    num_classes, dim, count = 3, 16, 60
-    centres = rng.normal(size=(num_classes, dim))
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    truth = np.arange(count) % num_classes
-    vectors = centres[truth] + 0.8 * rng.normal(size=(count, dim))
-    paths = make_images(count)
-    npz = tmp_path / "emb.npz"
-    np.savez(npz, paths=np.array([str(p) for p in paths]), embeddings=vectors.astype(np.float32),
-             text_embeddings=centres.astype(np.float32))
-    labels_csv = tmp_path / "labels.csv"
-    names = ["a", "b", "c"]
-    labels_csv.write_text("path,label\n" + "".join(f"{paths[i]},{names[truth[i]]}\n" for i in range(6)))
-    assert cli("init").exit_code == 0
-    assert cli("add", str(paths[0].parent)).exit_code == 0
-    assert cli("classes", "set", *names).exit_code == 0
-    assert cli("embed", "--from", str(npz), "--name", "synthetic").exit_code == 0
-    assert cli("labels", "import", str(labels_csv)).exit_code == 0
-    return paths, truth
+    data = imported_project(count=60, dim=16, noise=0.8, seed=0, labelled_pool=6)
+    return data.pool, data.class_index
 
 
 def round_rows(project_dir):
