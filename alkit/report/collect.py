@@ -17,18 +17,15 @@ import sqlalchemy as sa
 from alkit.project import Project
 from alkit.storage.pool import class_rows, resolved_labels
 from alkit.storage.schema import LabelSource, Split, images, labels, posteriors, round_items, rounds
+from alkit.workflows.select import SelectedItem
 
 POOL_SCORE_SAMPLE = 4000  # pool items rescored per round for the histogram (a uniform sample)
 
 
 @dataclass
-class SelectedImage:
-    image_id: int
-    path: str
-    rank: int
-    score: float | None
-    predicted_class: str | None
-    probability: float | None
+class SelectedImage(SelectedItem):
+    """One selected image as `alkit select` recorded it, and the label it got since."""
+
     label: str | None  # the resolved label it got, None while unlabelled
 
 
