@@ -195,3 +195,14 @@ def pg_url():
 
     with postgres_server() as url:
         yield url
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny matmuls: a second torch thread only adds contention on the shared 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -16,15 +16,7 @@ K, D = 4, 16
 TINY = ProbVLMSettings(epochs=3, learning_rate=1e-2, hidden=16, batch_size=32)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls: a second torch thread only adds contention on the shared machine."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def noisy_clusters(rng, count: int, centres: np.ndarray):
