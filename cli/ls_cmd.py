@@ -15,6 +15,12 @@ app = typer.Typer(help="Connect to Label Studio, receive its webhooks, serve alk
 
 TOKEN_HELP = "Label Studio Access Token (default: the ALKIT_LS_TOKEN variable); never stored. Prefer the variable: flags show up in `ps`."
 POLICY_HELP = "How several annotations of one task become labels: majority, unanimous or latest."
+DEFAULT_POLICY = "majority"  # alkit.labelstudio.mapping.VotePolicy.MAJORITY (not imported: `alkit --help` stays fast)
+LOOPBACK = "127.0.0.1"
+WEBHOOK_PORT = 8765
+BACKEND_PORT = 9090  # the port Label Studio's ML backend examples use
+BACKEND_DEBOUNCE_S = 2.0
+SYNC_BUDGET = 100
 
 
 @app.command()
@@ -62,8 +68,8 @@ def connect(
 @app.command("serve-webhook")
 def serve_webhook(
     ctx: typer.Context,
-    port: int = typer.Option(8765, "--port", help="Port to listen on."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind."),
+    port: int = typer.Option(WEBHOOK_PORT, "--port", help="Port to listen on."),
+    host: str = typer.Option(LOOPBACK, "--host", help="Address to bind."),
     secret: Optional[str] = typer.Option(
         None, "--secret", envvar="ALKIT_LS_WEBHOOK_SECRET", show_envvar=True,
         help="Shared secret expected in the X-Alkit-Secret header (set it in the Label Studio webhook's headers).",
@@ -89,8 +95,8 @@ def serve_webhook(
 @app.command("serve-backend")
 def serve_backend(
     ctx: typer.Context,
-    port: int = typer.Option(9090, "--port", help="Port to listen on (Label Studio's ML backend URL points here)."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (0.0.0.0 to reach it from another machine)."),
+    port: int = typer.Option(BACKEND_PORT, "--port", help="Port to listen on (Label Studio's ML backend URL points here)."),
+    host: str = typer.Option(LOOPBACK, "--host", help="Address to bind (0.0.0.0 to reach it from another machine)."),
     user: Optional[str] = typer.Option(
         None, "--user", envvar="ALKIT_BACKEND_USER", show_envvar=True,
         help="Basic-auth user name Label Studio must send (Model settings: Authentication method 'Basic Auth').",
@@ -100,7 +106,7 @@ def serve_backend(
         help="Basic-auth password (prefer the variable: flags show up in `ps`).",
     ),
     refit: bool = typer.Option(True, "--refit/--no-refit", help="Refit the posterior after annotation events bring new labels."),
-    debounce: float = typer.Option(2.0, "--debounce", help="Seconds to gather annotation events into one pull/refit."),
+    debounce: float = typer.Option(BACKEND_DEBOUNCE_S, "--debounce", help="Seconds to gather annotation events into one pull/refit."),
     token: Optional[str] = typer.Option(None, "--token", help=TOKEN_HELP),
 ) -> None:
     """Serve alkit as a Label Studio ML backend: /health, /setup, /predict (posterior prediction +
@@ -148,7 +154,7 @@ def push(
 
 def pull(
     ctx: typer.Context,
-    policy: str = typer.Option("majority", "--policy", help=POLICY_HELP),
+    policy: str = typer.Option(DEFAULT_POLICY, "--policy", help=POLICY_HELP),
     full: bool = typer.Option(False, "--full", help="Re-read every annotated task, not only those changed since the last pull."),
     wait: bool = typer.Option(False, "--wait", help="Wait for another push/pull/sync instead of failing."),
     token: Optional[str] = typer.Option(None, "--token", help=TOKEN_HELP),
@@ -192,8 +198,8 @@ def pull(
 
 def sync(
     ctx: typer.Context,
-    budget: int = typer.Option(100, "--budget", "-b", help="Images per new selection round."),
-    policy: str = typer.Option("majority", "--policy", help=POLICY_HELP),
+    budget: int = typer.Option(SYNC_BUDGET, "--budget", "-b", help="Images per new selection round."),
+    policy: str = typer.Option(DEFAULT_POLICY, "--policy", help=POLICY_HELP),
     wait: bool = typer.Option(False, "--wait", help="Wait for a running sync instead of exiting."),
     token: Optional[str] = typer.Option(None, "--token", help=TOKEN_HELP),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object (for logs)."),

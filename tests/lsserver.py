@@ -324,3 +324,20 @@ def connected_project(cli, server: LabelStudioServer, make_images, count: int, c
     assert result.exit_code == 0, result.output
     return open_project(cli.project_dir)
 
+
+def pushed_project(cli, server: LabelStudioServer, make_images, count: int):
+    """`connected_project` with all `count` images selected as round 1 and pushed through the
+    CLI; returns (the opened Project, its Label Studio project id)."""
+    project = connected_project(cli, server, make_images, count)
+    select_first_unlabelled(project, count)
+    pushed = cli("push")
+    assert pushed.exit_code == 0, pushed.output
+    return project, project.settings.ls_project_id
+
+
+def annotate_all(server: LabelStudioServer, project_id: int, choice: str) -> None:
+    """Annotate every task of the project that has no annotation yet with `choice`."""
+    client = server.client()
+    for task in project_tasks(client, project_id):
+        if not task.total_annotations:
+            annotate(client, task.id, choice)

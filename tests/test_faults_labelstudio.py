@@ -32,7 +32,7 @@ from faults_support import (
     start_alkit,
     write_npz,
 )
-from lsserver import annotate, connected_project, project_tasks, select_first_unlabelled
+from lsserver import annotate, annotate_all, connected_project, project_tasks, pushed_project, select_first_unlabelled
 
 FAKE_TOKEN = "fake-token-0123456789abcdefSECRET"
 
@@ -144,18 +144,8 @@ def _alkit_ids(ls, pid) -> list[str]:
     return sorted(str(t.data.get("alkit_id")) for t in project_tasks(ls.client(), pid))
 
 
-def _annotate_all(ls, pid, choice):
-    client = ls.client()
-    for task in project_tasks(client, pid):
-        if not task.total_annotations:
-            annotate(client, task.id, choice)
-
-
 def test_unknown_class_annotations_are_conflicts_not_labels(ls, token_env, cli, make_images):
-    project = connected_project(cli, ls, make_images, 3)
-    pid = project.settings.ls_project_id
-    select_first_unlabelled(project, 3)
-    assert cli("push").exit_code == 0
+    project, pid = pushed_project(cli, ls, make_images, 3)
     client = ls.client()
     tasks = sorted(project_tasks(client, pid), key=lambda t: int(t.data["alkit_id"]))
     annotate(client, tasks[0].id, "cat")
@@ -174,10 +164,7 @@ def test_unknown_class_annotations_are_conflicts_not_labels(ls, token_env, cli, 
 def test_tasks_duplicated_by_someone_else_never_remove_or_change_labels(ls, token_env, cli, make_images):
     """Someone re-imports alkit's tasks (same data.alkit_id) outside alkit; the duplicates
     neither duplicate labels nor wipe the labels of the tasks alkit created."""
-    project = connected_project(cli, ls, make_images, 3)
-    pid = project.settings.ls_project_id
-    select_first_unlabelled(project, 3)
-    assert cli("push").exit_code == 0
+    project, pid = pushed_project(cli, ls, make_images, 3)
     client = ls.client()
     originals = sorted(project_tasks(client, pid), key=lambda t: int(t.data["alkit_id"]))
     annotate(client, originals[0].id, "dog")
@@ -213,11 +200,8 @@ def _labels_count(directory) -> int:
 
 @pytest.mark.parametrize("seed", [21, 22])
 def test_pull_killed_between_pages_then_rerun_has_every_label_once(ls, token_env, cli, make_images, seed):
-    project = connected_project(cli, ls, make_images, 8)
-    pid = project.settings.ls_project_id
-    select_first_unlabelled(project, 8)
-    assert cli("push").exit_code == 0
-    _annotate_all(ls, pid, "bird")
+    project, pid = pushed_project(cli, ls, make_images, 8)
+    annotate_all(ls, pid, "bird")
     threshold = random.Random(seed).randint(1, 6)
     process = start_alkit(
         cli.project_dir, "pull", "--full",
@@ -263,7 +247,7 @@ def _sync_project(cli, ls, make_images, tmp_path):
     assert cli("embed", "--from", str(npz), "--name", "imported").exit_code == 0
     first = json.loads(cli("sync", "--budget", "4", "--json").stdout)
     assert first["action"] == "selected-and-pushed"
-    _annotate_all(ls, project.settings.ls_project_id, "dog")
+    annotate_all(ls, project.settings.ls_project_id, "dog")
     return project
 
 

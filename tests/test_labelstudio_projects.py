@@ -8,7 +8,7 @@ import json
 import pytest
 import sqlalchemy as sa
 
-from lsserver import annotate, connected_project, project_tasks, select_first_unlabelled
+from lsserver import annotate, connected_project, project_tasks, pushed_project, select_first_unlabelled
 
 pytestmark = pytest.mark.labelstudio
 
@@ -84,10 +84,7 @@ def _set_config(client, pid, old: str, new: str) -> None:
 def test_label_config_drift_makes_pull_fail_naming_it_and_no_label_is_lost_or_invented(ls, token_env, cli, make_images):
     from alkit.storage.schema import labels
 
-    project = connected_project(cli, ls, make_images, 3)
-    pid = project.settings.ls_project_id
-    select_first_unlabelled(project, 3)
-    assert cli("push").exit_code == 0
+    project, pid = pushed_project(cli, ls, make_images, 3)
     client = ls.client()
     tasks = [t.id for t in project_tasks(client, pid)]
     annotate(client, tasks[0], "cat")

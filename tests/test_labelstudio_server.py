@@ -20,7 +20,7 @@ import pytest
 import sqlalchemy as sa
 
 from faults_support import run_alkit as crash_alkit
-from lsserver import annotate, annotator, connected_project, free_port, project_tasks, select_first_unlabelled
+from lsserver import annotate, annotator, connected_project, free_port, project_tasks, pushed_project, select_first_unlabelled
 
 pytestmark = pytest.mark.labelstudio
 REPO = Path(__file__).resolve().parents[1]
@@ -88,10 +88,7 @@ def test_push_with_predictions_then_idempotent_repush(ls, token_env, cli, make_i
 def test_pull_maps_annotations_to_labels_incrementally(ls, token_env, cli, make_images):
     from alkit.storage.schema import images, labels, rounds
 
-    project = connected_project(cli, ls, make_images, 6)
-    pid = project.settings.ls_project_id
-    select_first_unlabelled(project, 6)
-    assert cli("push").exit_code == 0
+    project, pid = pushed_project(cli, ls, make_images, 6)
     client = ls.client()
     by_image = {int(t.data["alkit_id"]): t.id for t in project_tasks(client, pid)}
     ids = sorted(by_image)
@@ -145,10 +142,7 @@ def test_pull_maps_annotations_to_labels_incrementally(ls, token_env, cli, make_
 
 
 def test_pull_after_a_server_restart(ls, token_env, cli, make_images):
-    project = connected_project(cli, ls, make_images, 3)
-    pid = project.settings.ls_project_id
-    select_first_unlabelled(project, 3)
-    assert cli("push").exit_code == 0
+    project, pid = pushed_project(cli, ls, make_images, 3)
     client = ls.client()
     for task in project_tasks(client, pid):
         annotate(client, task.id, "dog")
@@ -207,10 +201,7 @@ def test_webhook_receiver_checks_the_secret_and_triggers_a_pull(ls, token_env, c
     from alkit.workflows.ls_serve import labels_pending, make_webhook_server
     from alkit.workflows.pull import pull_annotations
 
-    project = connected_project(cli, ls, make_images, 2)
-    pid = project.settings.ls_project_id
-    select_first_unlabelled(project, 2)
-    assert cli("push").exit_code == 0
+    project, pid = pushed_project(cli, ls, make_images, 2)
     client = LabelStudioClient(ls.url, ls.token)
     trigger = PullTrigger(lambda: pull_annotations(project, client))
     server = make_webhook_server(project, "s3cret", "127.0.0.1", 0, trigger)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from lsserver import annotate, connected_project, injected_steps, project_tasks
+from lsserver import annotate, annotate_all, connected_project, injected_steps, project_tasks
 
 pytestmark = pytest.mark.labelstudio
 DRIVER = [sys.executable, str(Path(__file__).with_name("lsserver.py")), "sync"]
@@ -30,13 +30,6 @@ def round_statuses(project):
 
     with project.engine.connect() as connection:
         return [r.status for r in connection.execute(sa.select(rounds.c.status).order_by(rounds.c.id))]
-
-
-def annotate_all(ls, pid, choice="cat"):
-    client = ls.client()
-    for task in project_tasks(client, pid):
-        if not task.total_annotations:
-            annotate(client, task.id, choice)
 
 
 def test_sync_two_rounds_end_to_end(ls, token_env, cli, make_images):
@@ -61,7 +54,7 @@ def test_sync_two_rounds_end_to_end(ls, token_env, cli, make_images):
     waiting = sync(project, budget=3, steps=steps)
     assert waiting.action == "waiting" and waiting.pull["labels_added"] == 1 and calls == ["select"]
 
-    annotate_all(ls, pid)
+    annotate_all(ls, pid, "cat")
     second = sync(project, budget=3, steps=steps)
     assert second.action == "selected-and-pushed" and second.steps == ["pull", "refit", "select", "push"]
     assert second.pull["rounds_closed"] == [1] and calls == ["select", "refit", "select"]
