@@ -27,6 +27,13 @@ tolerance, so the solution does not depend on the optimiser's step size.
 Samples: member s of `sample_weights(S, seed)` is member `cycle_members(M, S, seed)[s]`: a
 seeded permutation of the M members, repeated in order when S > M (BALD and EPIG of repeated
 members equal those of the M members themselves), the first S when S < M.
+
+Calibration: the predictive is mean_m softmax(T W_m [x; 1]) with T fitted by 5-fold
+cross-validated NLL (`trained_heads.fit_temperature`; 20+ labels, else T = 1): each fold refits
+the M members on the other folds (same lam and anchors; L-BFGS started at the full-data members,
+which changes only the iterations, not the optimum, the objective being strictly convex) and
+predicts the held-out fold. Measured on mnist_lt without it: ECE 0.08-0.20 (the mixture of
+members fitted to the same labels is over-confident).
 """
 
 from __future__ import annotations
@@ -39,7 +46,9 @@ import numpy as np
 from alkit.errors import InputError
 from alkit.posterior.base import FeatureKind, PosteriorProvenance
 from alkit.posterior.head_inputs import HeadSamples, head_inputs, prepare_head_inputs
-from alkit.posterior.trained_heads import cycle_members, member_moments, softmax, standardisation_state
+from alkit.posterior.trained_heads import (
+    CalibrationSettings, cycle_members, fit_temperature, member_moments, softmax, standardisation_state, tempered_member_probs,
+)
 
 KIND = "ensemble"
 
@@ -53,9 +62,11 @@ class EnsembleSettings:
     bootstrap: bool = False  # Bayesian-bootstrap weights per member
     gradient_tolerance: float = 1e-5  # L-BFGS stops at max |gradient| <= this * (L + 1)
     max_iterations: int = 5_000
+    calibration: CalibrationSettings = CalibrationSettings()
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        values = {k: v for k, v in self.__dict__.items() if k != "calibration"}
+        return {**values, **self.calibration.as_dict()}
 
 
 @dataclass(frozen=True)
@@ -69,6 +80,7 @@ class EnsemblePosterior:
     embedding_spec_key: str = "unspecified"
     input_mean: np.ndarray | None = None
     input_scale: float = 1.0
+    temperature: float = 1.0  # T: the predictive's logits are T f (cross-validated; see the module docstring)
     kind: str = field(default=KIND, init=False)
     feature_kind: ClassVar[FeatureKind] = FeatureKind.EMBEDDING
     fast_sample_logits: ClassVar[bool] = True
@@ -98,19 +110,25 @@ class EnsemblePosterior:
         return logits.reshape(-1, members, num_classes).transpose(1, 0, 2)
 
     def logit_moments(self, x) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and variance of the logits over the members `(N, K), (N, K)`."""
-        return member_moments(self.member_logits(x))
+        """Mean and variance over the members of the calibrated logits T f_m `(N, K), (N, K)`."""
+        return member_moments(self.temperature * self.member_logits(x))
 
     def predict(self, x) -> np.ndarray:
-        """The ensemble predictive: the mean of the members' softmax `(N, K)`."""
-        return softmax(self.member_logits(x)).mean(axis=0)
+        """The calibrated ensemble predictive: the mean of the members' softmax(T f_m) `(N, K)`."""
+        return softmax(self.temperature * self.member_logits(x)).mean(axis=0)
 
     def map_predict(self, x) -> np.ndarray:
         """softmax of the averaged head (the point model closest to the ensemble)."""
         return softmax(self._inputs(x, np.float64) @ self.weights.mean(axis=0).T)
 
     def sample_weights(self, num_samples: int, seed: int) -> HeadSamples:
-        """S members (see the module docstring: a seeded cycle over the M members)."""
+        """S members (see the module docstring: a seeded cycle over the M members).
+
+        Untempered, as the Laplace head's samples: T is one number fitted for the NLL of the
+        predictive (it folds over-fitting and label noise into one correction), while BALD and
+        EPIG rank by the members' own disagreement; tempering the members with T < 1 would shrink
+        that disagreement towards the Monte Carlo noise of S samples. `predict` / `logit_moments`
+        are the calibrated predictive (what `entropy` and `alkit eval` use)."""
         return HeadSamples(self.weights[cycle_members(self.num_members, num_samples, seed)].astype(np.float32), seed)
 
     def _sample_logits_tensor(self, weights: HeadSamples, x):
@@ -132,13 +150,13 @@ class EnsemblePosterior:
     def to_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         arrays, header = standardisation_state(self.input_mean, self.input_scale)
         arrays.update(weights=self.weights, member_precisions=self.member_precisions)
-        return arrays, header
+        return arrays, {**header, "temperature": float(self.temperature)}
 
     @classmethod
     def from_state(cls, arrays, header, provenance, classes, embedding_spec_key) -> "EnsemblePosterior":
         return cls(
             arrays["weights"], arrays["member_precisions"], provenance, tuple(classes), embedding_spec_key,
-            arrays.get("input_mean"), float(header.get("input_scale", 1.0)),
+            arrays.get("input_mean"), float(header.get("input_scale", 1.0)), float(header.get("temperature", 1.0)),
         )
 
 
@@ -184,23 +202,24 @@ def evidence_precision(inputs) -> tuple[float, dict[str, Any]]:
 
 def fit_members(
     xa: np.ndarray, labels: np.ndarray, anchors: np.ndarray, precisions: np.ndarray, sample_weights: np.ndarray,
-    gradient_tolerance: float, max_iterations: int,
+    gradient_tolerance: float, max_iterations: int, start: np.ndarray | None = None,
 ) -> tuple[np.ndarray, int, bool]:
     """argmin over all members at once of sum_m [sum_i w_mi CE(W_m x_i) + lam_m/2 |W_m - A_m|^2]
     (separable, so each member gets its own minimiser) by L-BFGS with the exact gradient.
 
     Preconditioned as the Laplace head's MAP: W = V S with S = (X^T X / L + lam_med / L I)^(-1/2)
     (the objective is unchanged, only better conditioned), and run with one BLAS thread (many
-    small matmuls; multi-threaded BLAS on a loaded 2-core machine is far slower)."""
+    small matmuls; multi-threaded BLAS on a loaded 2-core machine is far slower). L-BFGS starts
+    at `start` `(M, K, D + 1)` when given, else at the anchors."""
     from scipy.optimize import minimize
 
     from alkit.posterior.threads import one_thread
 
     with one_thread():
-        return _fit_members(xa, labels, anchors, precisions, sample_weights, gradient_tolerance, max_iterations, minimize)
+        return _fit_members(xa, labels, anchors, precisions, sample_weights, gradient_tolerance, max_iterations, minimize, start)
 
 
-def _fit_members(xa, labels, anchors, precisions, sample_weights, gradient_tolerance, max_iterations, minimize):
+def _fit_members(xa, labels, anchors, precisions, sample_weights, gradient_tolerance, max_iterations, minimize, start=None):
     members, num_classes, width = anchors.shape
     count = max(labels.shape[0], 1)
     vals, vecs = np.linalg.eigh(xa.T @ xa / count)
@@ -236,7 +255,7 @@ def _fit_members(xa, labels, anchors, precisions, sample_weights, gradient_toler
 
     tolerance = gradient_tolerance * (labels.shape[0] + 1)
     result = minimize(
-        whitened, (anchors.reshape(-1, width) @ unwhiten).ravel(), jac=True, method="L-BFGS-B",
+        whitened, ((anchors if start is None else start).reshape(-1, width) @ unwhiten).ravel(), jac=True, method="L-BFGS-B",
         options={"maxiter": max_iterations, "gtol": tolerance, "ftol": 0.0, "maxcor": 30},
     )
     weights = (result.x.reshape(-1, width) @ whiten).reshape(members, num_classes, width)
@@ -289,6 +308,16 @@ def fit_ensemble(
             map_iterations=iterations, map_converged=converged,
             member_train_accuracy=(predicted == inputs.labels[None]).mean(axis=1).round(4).tolist(),
         )
+
+        def held_out_logits(train: np.ndarray, held: np.ndarray) -> tuple[np.ndarray]:
+            fold, _, _ = fit_members(
+                inputs.xa[train], inputs.labels[train], anchors, precisions, sample_weights[:, train],
+                settings.gradient_tolerance, settings.max_iterations, start=weights,
+            )
+            logits = inputs.xa[held] @ fold.reshape(-1, fold.shape[2]).T  # (n, M*K)
+            return (logits.reshape(-1, settings.members, num_classes),)
+
+        report.update(fit_temperature(inputs.labels, settings.calibration, seed, held_out_logits, tempered_member_probs))
     else:
         weights = anchors
     source = f"{count} labelled embeddings, {settings.members} anchored linear heads" + (
@@ -299,5 +328,6 @@ def fit_ensemble(
         settings={**settings.as_dict(), "seed": int(seed), "logit_scale": float(logit_scale), **report},
     )
     return EnsemblePosterior(
-        weights, precisions, provenance, inputs.classes, embedding_spec_key, inputs.input_mean, inputs.input_scale
+        weights, precisions, provenance, inputs.classes, embedding_spec_key, inputs.input_mean, inputs.input_scale,
+        float(report.get("temperature", 1.0)),
     )

@@ -26,23 +26,27 @@ mean-field softmax-Gaussian approximation SNGP uses (Lu et al. 2020):
 p_s = softmax(f_s / sqrt(1 + pi/8 sigma(x)^2)). The noise is aleatoric, so it belongs inside
 each sample's likelihood (BALD's expected entropy), not between samples; marginalising it by
 Monte Carlo instead (16 draws per sample) made BALD over 20,000 x 64 samples take 15 s.
-`logit_moments`: mean f_MAP, variance phi^T P^-1 phi + sigma(x)^2; `predict` is the probit
-predictive of those moments.
+`logit_moments`: mean T f_MAP, variance T^2 (phi^T P^-1 phi + sigma(x)^2); `predict` is the
+probit predictive of those moments. T, the predictive's temperature, is fitted by 5-fold
+cross-validated NLL (`trained_heads.fit_temperature`; 20+ labels, else T = 1): trunk, noise and
+GP layer are retrained from scratch (same seed and settings) on the other folds, and T scales
+the held-out logits f + sigma eps as a whole. The shared samples stay untempered (as the
+Laplace head's; see `sample_weights`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import numpy as np
 
 from alkit.errors import InputError
 from alkit.posterior.base import FeatureKind, PosteriorProvenance
-from alkit.posterior.head_inputs import head_inputs, prepare_head_inputs
+from alkit.posterior.head_inputs import HeadInputs, head_inputs, prepare_head_inputs
 from alkit.posterior.probcosine import probit_softmax
 from alkit.posterior.threads import one_thread
-from alkit.posterior.trained_heads import softmax, standardisation_state
+from alkit.posterior.trained_heads import CalibrationSettings, fit_temperature, softmax, standardisation_state
 
 KIND = "hetsngp"
 
@@ -56,10 +60,12 @@ class HetSNGPSettings:
     batch_size: int = 128
     learning_rate: float = 3e-3
     prior_precision: float = 1.0  # lam: prior N(0, 1/lam) on B (and weight decay of the trunk)
-    train_noise_draws: int = 8  # T Monte Carlo draws of eps per training step
+    train_noise_draws: int = 8  # Monte Carlo draws of eps per training step
+    calibration: CalibrationSettings = CalibrationSettings()
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        values = {k: v for k, v in self.__dict__.items() if k != "calibration"}
+        return {**values, **self.calibration.as_dict()}
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,7 @@ class HetSNGPPosterior:
     embedding_spec_key: str = "unspecified"
     input_mean: np.ndarray | None = None
     input_scale: float = 1.0
+    temperature: float = 1.0  # T: the predictive's logits are T (f + sigma eps) (cross-validated)
     kind: str = field(default=KIND, init=False)
     feature_kind: ClassVar[FeatureKind] = FeatureKind.EMBEDDING
     fast_sample_logits: ClassVar[bool] = True
@@ -120,9 +127,10 @@ class HetSNGPPosterior:
         return (solved**2).sum(axis=0)
 
     def logit_moments(self, x) -> tuple[np.ndarray, np.ndarray]:
-        """Mean f_MAP `(N, K)`; variance GP part + sigma(x)^2 `(N, K)`."""
+        """Calibrated mean T f_MAP `(N, K)`; variance T^2 (GP part + sigma(x)^2) `(N, K)`."""
         prior, phi, sigma = self.features(x)
-        return prior + phi @ self.output_weights.T, self.gp_variance(phi)[:, None] + sigma**2
+        scale = self.temperature
+        return scale * (prior + phi @ self.output_weights.T), scale**2 * (self.gp_variance(phi)[:, None] + sigma**2)
 
     def predict(self, x) -> np.ndarray:
         return probit_softmax(*self.logit_moments(x))
@@ -132,7 +140,9 @@ class HetSNGPPosterior:
         return softmax(prior + phi @ self.output_weights.T)
 
     def sample_weights(self, num_samples: int, seed: int) -> GPSamples:
-        """S draws of B from N(B_MAP, P^-1) (rows independent, shared covariance)."""
+        """S draws of B from N(B_MAP, P^-1) (rows independent, shared covariance).
+        Untempered, for the reason the ensemble's members are (`EnsemblePosterior.sample_weights`):
+        BALD / EPIG rank by the GP's own spread; `predict` is the calibrated predictive."""
         from scipy.linalg import solve_triangular
 
         if num_samples < 1:
@@ -170,13 +180,13 @@ class HetSNGPPosterior:
     def to_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         arrays, header = standardisation_state(self.input_mean, self.input_scale)
         arrays.update({name: getattr(self, name) for name in self.ARRAYS})
-        return arrays, header
+        return arrays, {**header, "temperature": float(self.temperature)}
 
     @classmethod
     def from_state(cls, arrays, header, provenance, classes, embedding_spec_key) -> "HetSNGPPosterior":
         return cls(
             *(arrays[name] for name in cls.ARRAYS), provenance, tuple(classes), embedding_spec_key,
-            arrays.get("input_mean"), float(header.get("input_scale", 1.0)),
+            arrays.get("input_mean"), float(header.get("input_scale", 1.0)), float(header.get("temperature", 1.0)),
         )
 
 
@@ -223,13 +233,42 @@ def _fit_hetsngp(
     parent_version: int | None = None,
     unlabelled: np.ndarray | None = None,
 ) -> HetSNGPPosterior:
-    """Train the trunk, noise and GP output layer (MAP), then the Laplace precision over B."""
-    import torch
-
+    """Train the trunk, noise and GP output layer (MAP), then the Laplace precision over B,
+    then the predictive temperature (module docstring)."""
     sizes = (settings.hidden, settings.features, settings.steps, settings.batch_size, settings.train_noise_draws)
     if min(sizes) < 1 or settings.learning_rate <= 0 or settings.spectral_bound <= 0:
         raise InputError(f"HetSNGP settings must be positive; got {settings.as_dict()}")
     inputs = prepare_head_inputs(embeddings, labels, num_classes, class_text, logit_scale, classes, unlabelled, min_labels=2)
+    count, x_raw = inputs.labels.size, np.asarray(embeddings, dtype=np.float64)
+    posterior, lengthscale = _train(inputs, num_classes, settings, seed)
+
+    def held_out_moments(train: np.ndarray, held: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        fold, _ = _train(replace(inputs, xa=inputs.xa[train], labels=inputs.labels[train]), num_classes, settings, seed)
+        return fold.logit_moments(x_raw[held])
+
+    calibration = fit_temperature(
+        inputs.labels, settings.calibration, seed, held_out_moments,
+        lambda moments, temperature: probit_softmax(temperature * moments[0], temperature**2 * moments[1]),
+    )
+    prior_rows, phi_rows, sigma_rows = posterior.features(x_raw)
+    report = {
+        "seed": int(seed), "logit_scale": float(logit_scale), "lengthscale": lengthscale,
+        "train_accuracy": float(((prior_rows + phi_rows @ posterior.output_weights.T).argmax(axis=1) == inputs.labels).mean()),
+        "train_mean_noise_scale": float(sigma_rows.mean()),
+        "train_mean_gp_variance": float(posterior.gp_variance(phi_rows).mean()), **calibration,
+    }
+    source = f"{count} labelled embeddings, SN trunk + {settings.features} random-feature GP (Laplace) + heteroscedastic noise" + (
+        " + class-prompt prior mean" if class_text is not None else ""
+    )
+    provenance = PosteriorProvenance(KIND, source, int(count), parent_version, {**settings.as_dict(), **report})
+    return replace(posterior, provenance=provenance, embedding_spec_key=embedding_spec_key, temperature=float(calibration["temperature"]))
+
+
+def _train(inputs: HeadInputs, num_classes: int, settings: HetSNGPSettings, seed: int) -> tuple[HetSNGPPosterior, float]:
+    """Trunk, noise and GP layer (MAP) on `inputs`, then the Laplace precision over B ->
+    (uncalibrated posterior with a placeholder provenance, the random features' lengthscale)."""
+    import torch
+
     count, dim, hidden, width = inputs.labels.size, inputs.dim, settings.hidden, settings.features
     generator = torch.Generator().manual_seed(int(seed))
     x = torch.from_numpy(inputs.xa[:, :-1].astype(np.float32))
@@ -288,25 +327,12 @@ def _fit_hetsngp(
         phi_all = (np.sqrt(2.0 / width) * torch.cos(_trunk(params, x) @ frequencies.T + phases)).double().numpy()
     precision = settings.prior_precision * np.eye(width) + phi_all.T @ phi_all
     cholesky = np.linalg.cholesky(0.5 * (precision + precision.T))
-    provenance = PosteriorProvenance(KIND, "", int(count), parent_version, {})
     posterior = HetSNGPPosterior(
         arrays["W_in"], arrays["b_in"], arrays["W_1"], arrays["b_1"], frequencies.double().numpy(),
-        phases.double().numpy(), arrays["B"], inputs.prior, arrays["G"], arrays["g"], cholesky, provenance,
-        inputs.classes, embedding_spec_key, inputs.input_mean, inputs.input_scale,
+        phases.double().numpy(), arrays["B"], inputs.prior, arrays["G"], arrays["g"], cholesky,
+        PosteriorProvenance(KIND, "", int(count), None, {}), inputs.classes, "unspecified", inputs.input_mean, inputs.input_scale,
     )
-    prior_rows, phi_rows, sigma_rows = posterior.features(np.asarray(embeddings, dtype=np.float64))
-    report = {
-        "seed": int(seed), "logit_scale": float(logit_scale), "lengthscale": lengthscale,
-        "train_accuracy": float(((prior_rows + phi_rows @ arrays["B"].T).argmax(axis=1) == inputs.labels).mean()),
-        "train_mean_noise_scale": float(sigma_rows.mean()),
-        "train_mean_gp_variance": float(posterior.gp_variance(phi_rows).mean()),
-    }
-    source = f"{count} labelled embeddings, SN trunk + {width} random-feature GP (Laplace) + heteroscedastic noise" + (
-        " + class-prompt prior mean" if class_text is not None else ""
-    )
-    from dataclasses import replace
-
-    return replace(posterior, provenance=PosteriorProvenance(KIND, source, int(count), parent_version, {**settings.as_dict(), **report}))
+    return posterior, lengthscale
 
 
 def fit_hetsngp(*args, **kwargs):

@@ -10,12 +10,10 @@ import numpy as np
 
 from alkit.posterior.kronecker import Damping, EigenFactors, eigendecompose
 from alkit.posterior.laplace_head_fit import LaplaceHeadSettings, fit_map_head, head_factors
+from alkit.posterior.predictive_calibration import TEMPERATURE_BOUNDS, cross_validated_calibration
 from alkit.posterior.probcosine import probit_softmax
 
-TEMPERATURE_BOUNDS = (0.1, 10.0)
 VARIANCE_SCALE_BOUNDS = (1e-3, 10.0)
-PROBABILITY_FLOOR = 1e-300  # log of a zero held-out probability stays finite
-SEARCH_TOLERANCES = {"xatol": 1e-3, "fatol": 1e-6}  # Nelder-Mead on (log T, log tau)
 
 
 def centred_logit_moments(
@@ -44,37 +42,27 @@ def calibrate_head(
     labels on digits, against 0.11-0.21 for a cross-validated logistic regression). Held-out
     predictions of K fold posteriors (same lam, MAP refitted on the other folds) choose T and
     tau: two numbers, so the ranking of inputs by the posterior is unchanged in kind. With
-    fewer than `min_labels_for_calibration` labels nothing is fitted (T = tau = 1).
+    fewer than `min_labels_for_calibration` labels nothing is fitted (T = tau = 1). The folds
+    and the search are `predictive_calibration.cross_validated_calibration`, shared with the
+    trained heads (ensemble, MIMO, HetSNGP).
     """
-    from scipy.optimize import minimize
-
     count = labels.shape[0]
     if not settings.calibrate or count < settings.min_labels_for_calibration:
         return {"temperature": 1.0, "variance_scale": 1.0, "calibration": "none (too few labels)" if settings.calibrate else "off"}
-    folds = np.random.default_rng(seed).permutation(count) % settings.calibration_folds
-    means, variances, truth = [], [], []
-    for fold in range(settings.calibration_folds):
-        train, held = folds != fold, folds == fold
+
+    def held_out_moments(train: np.ndarray, held: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         fit = fit_map_head(xa[train], labels[train], prior, prior_precision, weights, settings.gradient_tolerance, settings.max_iterations)
         factors = head_factors(xa[train], fit.weights)
-        mean, var = centred_logit_moments(xa[held], fit.weights, eigendecompose(factors.A, factors.B), prior_precision, settings.damping)
-        means.append(mean)
-        variances.append(var)
-        truth.append(labels[held])
-    mean, var, truth = np.concatenate(means), np.concatenate(variances), np.concatenate(truth)
-    rows = np.arange(truth.shape[0])
-    lo = np.log([TEMPERATURE_BOUNDS[0], VARIANCE_SCALE_BOUNDS[0]])
-    hi = np.log([TEMPERATURE_BOUNDS[1], VARIANCE_SCALE_BOUNDS[1]])
+        return centred_logit_moments(xa[held], fit.weights, eigendecompose(factors.A, factors.B), prior_precision, settings.damping)
 
-    def held_out_nll(log_params: np.ndarray) -> float:
-        temperature, scale = np.exp(np.clip(log_params, lo, hi))
-        probs = calibrated_probs(mean, var, temperature, scale)
-        return float(-np.log(np.clip(probs[rows, truth], PROBABILITY_FLOOR, None)).mean())
-
-    result = minimize(held_out_nll, np.zeros(2), method="Nelder-Mead", options=SEARCH_TOLERANCES)
-    temperature, scale = np.exp(np.clip(result.x, lo, hi))
+    found = cross_validated_calibration(
+        labels, settings.calibration_folds, seed, held_out_moments,
+        lambda moments, params: calibrated_probs(moments[0], moments[1], params[0], params[1]),
+        (TEMPERATURE_BOUNDS, VARIANCE_SCALE_BOUNDS),
+    )
+    temperature, scale = found.parameters
     return {
-        "temperature": float(temperature), "variance_scale": float(scale),
+        "temperature": temperature, "variance_scale": scale,
         "calibration": f"{settings.calibration_folds}-fold cross-validated NLL",
-        "cv_nll_uncalibrated": held_out_nll(np.zeros(2)), "cv_nll_calibrated": float(result.fun),
+        "cv_nll_uncalibrated": found.nll_uncalibrated, "cv_nll_calibrated": found.nll_calibrated,
     }

@@ -20,20 +20,27 @@ Diversity is checked at fit time: the mean pairwise disagreement of the subnetwo
 and the mean pairwise symmetric KL on the training inputs are recorded in the provenance, and
 `subnetworks_collapsed` is True when the KL is below 1e-4 (the subnetworks then give no
 epistemic signal; fit with more members or fewer steps).
+
+Calibration: the predictive is mean_m softmax(T f_m) with T fitted by 5-fold cross-validated
+NLL (`trained_heads.fit_temperature`; 20+ labels, else T = 1): the network is retrained from
+scratch (same seed and settings) on the other folds and predicts the held-out one; a warm start
+from the full-data network would have seen the held-out labels. This costs K more trainings.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import numpy as np
 
 from alkit.errors import InputError
 from alkit.posterior.base import FeatureKind, PosteriorProvenance
-from alkit.posterior.head_inputs import head_inputs, prepare_head_inputs
+from alkit.posterior.head_inputs import HeadInputs, head_inputs, prepare_head_inputs
 from alkit.posterior.threads import one_thread
-from alkit.posterior.trained_heads import cycle_members, member_moments, softmax, standardisation_state
+from alkit.posterior.trained_heads import (
+    CalibrationSettings, cycle_members, fit_temperature, member_moments, softmax, standardisation_state, tempered_member_probs,
+)
 
 KIND = "mimo"
 
@@ -47,9 +54,11 @@ class MimoSettings:
     learning_rate: float = 3e-3  # Adam
     prior_precision: float = 1.0  # lam: weight decay lam/L on all weights (skip towards W_0)
     running_loss_decay: float = 0.9  # EMA of the per-head losses that sets the synchronisation weights
+    calibration: CalibrationSettings = CalibrationSettings()
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        values = {k: v for k, v in self.__dict__.items() if k != "calibration"}
+        return {**values, **self.calibration.as_dict()}
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,7 @@ class MimoPosterior:
     embedding_spec_key: str = "unspecified"
     input_mean: np.ndarray | None = None
     input_scale: float = 1.0
+    temperature: float = 1.0  # T: the predictive's logits are T f (cross-validated; see the module docstring)
     kind: str = field(default=KIND, init=False)
     feature_kind: ClassVar[FeatureKind] = FeatureKind.EMBEDDING
     fast_sample_logits: ClassVar[bool] = True
@@ -111,18 +121,21 @@ class MimoPosterior:
         return _forward(_torch_params(self), inputs).numpy()
 
     def logit_moments(self, x) -> tuple[np.ndarray, np.ndarray]:
-        return member_moments(self.member_logits(x).astype(np.float64))
+        """Mean and variance over the subnetworks of the calibrated logits T f_m `(N, K), (N, K)`."""
+        return member_moments(self.temperature * self.member_logits(x).astype(np.float64))
 
     def predict(self, x) -> np.ndarray:
-        """Mean of the subnetworks' softmax `(N, K)` (the MIMO predictive)."""
-        return softmax(self.member_logits(x).astype(np.float64)).mean(axis=0)
+        """Mean of the subnetworks' softmax(T f_m) `(N, K)` (the calibrated MIMO predictive)."""
+        return softmax(self.temperature * self.member_logits(x).astype(np.float64)).mean(axis=0)
 
     def map_predict(self, x) -> np.ndarray:
         """softmax of the subnetworks' mean logits (one point model)."""
         return softmax(self.member_logits(x).astype(np.float64).mean(axis=0))
 
     def sample_weights(self, num_samples: int, seed: int) -> MimoSamples:
-        """S subnetworks, a seeded cycle over the M (repeats when S > M; see `cycle_members`)."""
+        """S subnetworks, a seeded cycle over the M (repeats when S > M; see `cycle_members`).
+        Untempered, for the reason the ensemble's members are (`EnsemblePosterior.sample_weights`):
+        BALD / EPIG rank by the subnetworks' own disagreement; `predict` is the calibrated predictive."""
         return MimoSamples(cycle_members(self.num_members, num_samples, seed), seed)
 
     def sample_logits(self, weights: MimoSamples, x) -> np.ndarray:
@@ -138,14 +151,14 @@ class MimoPosterior:
             hidden_weights=self.hidden_weights, hidden_bias=self.hidden_bias, head_weights=self.head_weights,
             head_bias=self.head_bias, skip_weights=self.skip_weights,
         )
-        return arrays, header
+        return arrays, {**header, "temperature": float(self.temperature)}
 
     @classmethod
     def from_state(cls, arrays, header, provenance, classes, embedding_spec_key) -> "MimoPosterior":
         return cls(
             arrays["hidden_weights"], arrays["hidden_bias"], arrays["head_weights"], arrays["head_bias"],
             arrays["skip_weights"], provenance, tuple(classes), embedding_spec_key, arrays.get("input_mean"),
-            float(header.get("input_scale", 1.0)),
+            float(header.get("input_scale", 1.0)), float(header.get("temperature", 1.0)),
         )
 
 
@@ -208,6 +221,39 @@ def _fit_mimo(
     if settings.hidden < 1 or settings.steps < 1 or settings.batch_size < 1 or settings.learning_rate <= 0:
         raise InputError(f"hidden, steps, batch size and learning rate must be positive; got {settings.as_dict()}")
     inputs = prepare_head_inputs(embeddings, labels, num_classes, class_text, logit_scale, classes, unlabelled, min_labels=2)
+    arrays, sync = _train(inputs, num_classes, settings, seed)
+    members, count = settings.members, inputs.labels.size
+    xa = torch.from_numpy(inputs.xa.astype(np.float32))
+
+    def held_out_logits(train: np.ndarray, held: np.ndarray) -> tuple[np.ndarray]:
+        fold, _ = _train(replace(inputs, xa=inputs.xa[train], labels=inputs.labels[train]), num_classes, settings, seed)
+        params = {k: torch.from_numpy(v) for k, v in fold.items()}
+        return (_forward(params, [xa[torch.from_numpy(held)]] * members).numpy().astype(np.float64).transpose(1, 0, 2),)
+
+    calibration = fit_temperature(inputs.labels, settings.calibration, seed, held_out_logits, tempered_member_probs)
+    posterior = MimoPosterior(
+        arrays["U"], arrays["b"], arrays["V"], arrays["c"], arrays["S"],
+        PosteriorProvenance(KIND, "", int(count), parent_version, {}),
+        inputs.classes, embedding_spec_key, inputs.input_mean, inputs.input_scale, float(calibration["temperature"]),
+    )
+    train_logits = _forward(_torch_params(posterior), [xa] * members).numpy()
+    check = diversity(train_logits)
+    report = {
+        "seed": int(seed), "logit_scale": float(logit_scale), "sync_weights": sync.round(4).tolist(),
+        "train_subnetwork_disagreement": round(check["disagreement"], 6),
+        "train_subnetwork_symmetric_kl": round(check["symmetric_kl"], 6),
+        "subnetworks_collapsed": bool(check["symmetric_kl"] < 1e-4),
+        "train_accuracy": float((train_logits.mean(axis=0).argmax(axis=1) == inputs.labels).mean()), **calibration,
+    }
+    source = f"{count} labelled embeddings, {members} MIMO subnetworks" + (" + class-prompt prior" if class_text is not None else "")
+    provenance = PosteriorProvenance(KIND, source, int(count), parent_version, {**settings.as_dict(), **report})
+    return replace(posterior, provenance=provenance)
+
+
+def _train(inputs: HeadInputs, num_classes: int, settings: MimoSettings, seed: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Train U, b, V, c, S on `inputs` (see the module docstring) -> float32 arrays and the final sync weights."""
+    import torch
+
     members, dim, hidden = settings.members, inputs.dim, settings.hidden
     count = inputs.labels.size
     generator = torch.Generator().manual_seed(int(seed))
@@ -246,26 +292,7 @@ def _fit_mimo(
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
-    arrays = {k: v.detach().numpy().astype(np.float32) for k, v in params.items()}
-    posterior = MimoPosterior(
-        arrays["U"], arrays["b"], arrays["V"], arrays["c"], arrays["S"],
-        PosteriorProvenance(KIND, "", int(count), parent_version, {}),
-        inputs.classes, embedding_spec_key, inputs.input_mean, inputs.input_scale,
-    )
-    train_logits = _forward(_torch_params(posterior), [xa] * members).numpy()
-    check = diversity(train_logits)
-    report = {
-        "seed": int(seed), "logit_scale": float(logit_scale), "sync_weights": sync.numpy().round(4).tolist(),
-        "train_subnetwork_disagreement": round(check["disagreement"], 6),
-        "train_subnetwork_symmetric_kl": round(check["symmetric_kl"], 6),
-        "subnetworks_collapsed": bool(check["symmetric_kl"] < 1e-4),
-        "train_accuracy": float((train_logits.mean(axis=0).argmax(axis=1) == inputs.labels).mean()),
-    }
-    source = f"{count} labelled embeddings, {members} MIMO subnetworks" + (" + class-prompt prior" if class_text is not None else "")
-    provenance = PosteriorProvenance(KIND, source, int(count), parent_version, {**settings.as_dict(), **report})
-    from dataclasses import replace
-
-    return replace(posterior, provenance=provenance)
+    return {k: v.detach().numpy().astype(np.float32) for k, v in params.items()}, sync.numpy()
 
 
 def fit_mimo(*args, **kwargs):
