@@ -50,3 +50,21 @@ def _numpy(value):
     if hasattr(value, "detach"):
         return value.detach().cpu().double().numpy()
     return np.asarray(value)
+
+
+def unit_embedding_moments(phi_mean, phi_var, projection) -> tuple[np.ndarray, np.ndarray]:
+    """Unit-norm embedding u = g / |g| (what `alkit embed` stores) and the diagonal of its
+    covariance by the delta method `(N, D)` each: with J = (I - u u^T) / sqrt(S_g),
+    Cov u ~ J C J^T for C = sum_j v_j b_j b_j^T, so Var u_a = sum_j v_j (J b_j)_a^2.
+    S_g = |mu_g|^2 + tr C (the random norm, as ProbCosine normalises). Chunked over images."""
+    image = projected_embeddings(phi_mean, phi_var, projection)
+    mean = image.mean
+    unit = mean / np.linalg.norm(mean, axis=1, keepdims=True)
+    second = np.einsum("nd,nd->n", mean, mean) + image.trace  # S_g
+    basis = image.basis  # (D, q) unit columns; coef (N, q)
+    variances = np.empty_like(mean)
+    for n in range(mean.shape[0]):
+        along = unit[n] @ basis  # (q,)
+        moved = basis - np.outer(unit[n], along)  # (D, q): (I - u u^T) b_j
+        variances[n] = (moved**2) @ image.coef[n] / second[n]
+    return unit, variances

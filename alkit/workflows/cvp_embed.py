@@ -1,0 +1,39 @@
+"""Use case: embed images with CVP, returning each embedding's variance beside it.
+
+`cvp_encode_batch(model, pixels, posterior)` gives the arrays `alkit embed` stores for a batch
+(unit-norm `embedding`, `phi`, as `embedding.encode.encode_batch`) plus `embedding_var` (the
+delta-method diagonal variance of the unit-norm embedding) and `phi_var` (the diagonal
+variance of phi, the input of `visual.proj`: what a BayesVLM posterior over the projection
+composes with, Cov g = P diag(phi_var) P^T + its own term). The deterministic blocks run once
+(`prefix_tokens`); only the last `posterior.num_blocks` blocks are propagated.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from alkit.arrays import l2_normalise
+from alkit.cvp.calibration import Calibration
+from alkit.cvp.weights import WeightPosterior
+
+
+def cvp_encode_batch(model, pixels, posterior: WeightPosterior, calibration: Calibration | None = None) -> dict[str, np.ndarray]:
+    """Arrays for one preprocessed batch `pixels (B, 3, H, W)` of an open_clip CLIP model."""
+    import torch
+
+    from alkit.cvp.blocks import prefix_tokens, propagate_tail
+    from alkit.cvp.predictive import unit_embedding_moments
+
+    visual = model.visual
+    if calibration is not None:
+        posterior = calibration.apply(posterior)
+    with torch.no_grad():
+        tokens = prefix_tokens(visual, pixels, posterior.num_blocks)
+        moments = propagate_tail(visual, tokens, posterior)
+    unit, unit_var = unit_embedding_moments(moments.pooled_mean, moments.pooled_var, visual.proj)
+    return {
+        "embedding": l2_normalise(unit.astype(np.float32)),
+        "embedding_var": unit_var.astype(np.float32),
+        "phi": moments.pooled_mean.float().numpy(),
+        "phi_var": moments.pooled_var.float().numpy(),
+    }
