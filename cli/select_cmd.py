@@ -33,6 +33,9 @@ def select(
     num_targets: int = typer.Option(DEFAULTS.num_targets, "--num-targets", help="EPIG target inputs M."),
     dedup_threshold: float = typer.Option(DEFAULTS.dedup_threshold, "--dedup-threshold", help=f"Cosine at or above which two batch items are near-duplicates ({DEDUP_OFF:g} disables)."),
     cold_start: str = typer.Option(DEFAULTS.cold_start, "--cold-start", help="typiclust | kcenter, used before any posterior."),
+    engine: str = typer.Option(DEFAULTS.engine, "--engine", help="local (this process) or ray (one shard per Ray actor; same batch as local; not with --batch-mode batchbald)."),
+    workers: int = typer.Option(DEFAULTS.workers, "--workers", help="Ray actors (shards) with --engine ray."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (--engine ray) [default: RAY_ADDRESS or a local Ray]."),
     json_output: bool = typer.Option(False, "--json", help="JSON lines: one per selected image."),
 ) -> None:
     """Select the next batch and record it as an open round."""
@@ -46,6 +49,8 @@ def select(
     checks.number(candidates, "--candidates", 1)
     checks.number(dedup_threshold, "--dedup-threshold", 0, above=True)
     checks.split(target, "--target")
+    checks.number(workers, "--workers", 1)
+    checks.requires(address is not None and engine != "ray", "--address", "--engine ray")
     checks.requires(candidates is not None and not (query or like or target), "--candidates", "--query, --like or --target")
     for path in like or ():
         checks.existing(path, "--like", "file")
@@ -56,6 +61,7 @@ def select(
             budget=budget, strategy=strategy, batch_mode=batch_mode, beta=beta, seed=project.settings.seed,
             samples=samples, num_targets=num_targets, target_split=target, query=query, like=tuple(like or ()),
             candidates=candidates, dedup_threshold=None if dedup_threshold >= DEDUP_OFF else dedup_threshold, cold_start=cold_start,
+            engine=engine, workers=workers, address=address,
         ),
     )
     for line in result.notes:

@@ -8,9 +8,13 @@ to the log weights and keep the B largest keys. The resulting ordered batch has 
 Plackett-Luce (sequential sampling without replacement) distribution. beta is a coldness:
 beta -> infinity recovers top-B, beta = 0 is uniform random.
 
-Seeds: the Gumbel keys depend only on (seed, N), so with one seed a larger budget returns
-an extension of the smaller batch (prefix-consistent) - which is what
-`select_diverse_batch` relies on when it extends the candidate order step by step.
+Seeds: the Gumbel noise of an item is a hash of (seed, item id) (`gumbel_noise`; the id is
+the item's position when no ids are given), never of its position in the array: the same pool
+in any row order, or split into shards scored apart (`alkit.acquisition.sharded`,
+`alkit select --engine ray`), gets the same keys and so the same batch. With one seed a
+larger budget returns an extension of the smaller batch (prefix-consistent) - which is what
+`select_diverse_batch` relies on when it extends the candidate order step by step. Ties
+(`top`) go to the lower id.
 
 `batchbald` (greedy joint mutual information, `alkit.acquisition.batchbald`) is registered
 here too: a joint mode, it chooses from the posterior samples' probabilities of a shortlist,
@@ -53,34 +57,73 @@ def _validated_scores(scores, budget: int) -> np.ndarray:
     return values
 
 
-def _largest_first(keys: np.ndarray, budget: int) -> np.ndarray:
-    """Indices of the `budget` largest keys, largest first (O(N + B log B))."""
+def _item_ids(item_ids, count: int) -> np.ndarray:
+    """The items' ids `(N,)` int64 (their positions when none are given)."""
+    if item_ids is None:
+        return np.arange(count, dtype=np.int64)
+    ids = np.asarray(item_ids, dtype=np.int64)
+    if ids.shape != (count,):
+        raise InputError(f"item_ids must have shape ({count},) like the scores, got {ids.shape}")
+    return ids
+
+
+def _largest_first(keys: np.ndarray, budget: int, ids: np.ndarray) -> np.ndarray:
+    """Indices of the `budget` largest keys, largest first, ties to the lower id (O(N + B log B))."""
     if budget == 0:
         return np.empty(0, dtype=np.int64)
     if budget < keys.shape[0]:
-        candidates = np.argpartition(-keys, budget - 1)[:budget]
+        threshold = np.partition(keys, keys.shape[0] - budget)[keys.shape[0] - budget]
+        candidates = np.flatnonzero(keys >= threshold)  # the B largest and any ties with the B-th
     else:
         candidates = np.arange(keys.shape[0])
-    return candidates[np.argsort(-keys[candidates], kind="stable")].astype(np.int64)
+    order = np.lexsort((ids[candidates], -keys[candidates]))[:budget]
+    return candidates[order].astype(np.int64)
 
 
-def gumbel_top(log_weights: np.ndarray, budget: int, seed: int) -> np.ndarray:
+_SPLITMIX_GAMMA = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _splitmix64(values: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser on uint64 arrays: a bijection whose outputs look independent."""
+    with np.errstate(over="ignore"):
+        z = values + _SPLITMIX_GAMMA
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def gumbel_noise(seed: int, item_ids) -> np.ndarray:
+    """Standard Gumbel noise `(N,)` float64, one value per item, a function of (seed, id) only.
+
+    Counter-based (a hash, not a generator stream): an item's noise does not depend on the
+    other items, their order or how the pool is sharded. u = 53 hashed bits + 1/2 over 2^53 lies
+    strictly inside (0, 1), so -log(-log u) is finite.
+    """
+    ids = np.asarray(item_ids, dtype=np.int64).astype(np.uint64)
+    seed_key = _splitmix64(np.asarray([int(seed) % 2**64], dtype=np.uint64))
+    bits = _splitmix64(_splitmix64(ids ^ seed_key))
+    uniform = ((bits >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
+    return -np.log(-np.log(uniform))
+
+
+def gumbel_top(log_weights: np.ndarray, budget: int, seed: int, item_ids=None) -> np.ndarray:
     """B draws without replacement with P proportional to exp(log_weights), in draw order.
 
-    Gumbel-top-B: argsort(log_weights + Gumbel noise)[:B] is a Plackett-Luce sample.
-    Items with weight 0 (log weight -inf) are never drawn ahead of positive-weight ones.
+    Gumbel-top-B: argsort(log_weights + Gumbel noise)[:B] is a Plackett-Luce sample; the
+    noise comes from (seed, item id) (`gumbel_noise`). Items with weight 0 (log weight -inf)
+    are never drawn ahead of positive-weight ones.
     """
-    noise = np.random.default_rng(seed).gumbel(size=log_weights.shape[0])
-    return _largest_first(log_weights + noise, budget)
+    ids = _item_ids(item_ids, log_weights.shape[0])
+    return _largest_first(log_weights + gumbel_noise(seed, ids), budget, ids)
 
 
-def top(scores, budget: int, seed: int = 0, beta: float = DEFAULT_BETA) -> np.ndarray:
-    """The B highest scores, highest first; ties go to the lower index. seed/beta unused."""
+def top(scores, budget: int, seed: int = 0, beta: float = DEFAULT_BETA, item_ids=None) -> np.ndarray:
+    """The B highest scores, highest first; ties go to the lower id (index). seed/beta unused."""
     values = _validated_scores(scores, budget)
-    return np.argsort(-values, kind="stable")[:budget].astype(np.int64)
+    return _largest_first(values, budget, _item_ids(item_ids, values.shape[0]))
 
 
-def power(scores, budget: int, seed: int = 0, beta: float = DEFAULT_BETA) -> np.ndarray:
+def power(scores, budget: int, seed: int = 0, beta: float = DEFAULT_BETA, item_ids=None) -> np.ndarray:
     """Stochastic batch with P(i) proportional to s_i^beta; scores must be >= 0.
 
     Zero scores get a floor weight (log weight ~ -708): they are drawn only after every
@@ -92,27 +135,31 @@ def power(scores, budget: int, seed: int = 0, beta: float = DEFAULT_BETA) -> np.
             f"power selection needs scores >= 0, got min {values.min():.4g}; use --batch-mode softmax or softrank"
         )
     log_weights = beta * np.log(np.maximum(values, np.finfo(np.float64).tiny))
-    return gumbel_top(log_weights, budget, seed)
+    return gumbel_top(log_weights, budget, seed, item_ids)
 
 
-def softmax(scores, budget: int, seed: int = 0, beta: float = DEFAULT_BETA) -> np.ndarray:
+def softmax(scores, budget: int, seed: int = 0, beta: float = DEFAULT_BETA, item_ids=None) -> np.ndarray:
     """Stochastic batch with P(i) proportional to exp(beta s_i) (scores of any sign)."""
     values = _validated_scores(scores, budget)
-    return gumbel_top(beta * values, budget, seed)
+    return gumbel_top(beta * values, budget, seed, item_ids)
 
 
-def ranks_descending(scores: np.ndarray) -> np.ndarray:
-    """Rank of every score, 1 = highest; ties go to the lower index (`(N,)` int64)."""
+def ranks_descending(scores: np.ndarray, item_ids=None) -> np.ndarray:
+    """Rank of every score, 1 = highest; ties go to the lower id (index) (`(N,)` int64)."""
+    ids = _item_ids(item_ids, scores.shape[0])
     ranks = np.empty(scores.shape[0], dtype=np.int64)
-    ranks[np.argsort(-scores, kind="stable")] = np.arange(1, scores.shape[0] + 1)
+    ranks[np.lexsort((ids, -scores))] = np.arange(1, scores.shape[0] + 1)
     return ranks
 
 
-def softrank(scores, budget: int, seed: int = 0, beta: float = DEFAULT_BETA) -> np.ndarray:
-    """Stochastic batch with P(i) proportional to rank_i^-beta (only the order of scores matters)."""
+def softrank(scores, budget: int, seed: int = 0, beta: float = DEFAULT_BETA, item_ids=None) -> np.ndarray:
+    """Stochastic batch with P(i) proportional to rank_i^-beta (only the order of scores matters).
+
+    A rank is global (it counts every item of the pool), so a shard alone cannot key its
+    items: sharded selection gathers all of softrank's scores (`BatchMode.local_keys`)."""
     values = _validated_scores(scores, budget)
-    log_weights = -beta * np.log(ranks_descending(values).astype(np.float64))
-    return gumbel_top(log_weights, budget, seed)
+    log_weights = -beta * np.log(ranks_descending(values, item_ids).astype(np.float64))
+    return gumbel_top(log_weights, budget, seed, item_ids)
 
 
 @dataclass(frozen=True)
@@ -124,6 +171,9 @@ class BatchMode:
     description: str
     joint: bool = False
     note: Callable[[int, int], str] | None = None  # (candidates, budget) -> what the mode tells the user
+    # True when an item's key is a function of (score, seed, id) alone, so a shard can rank its
+    # items by the global draw order without seeing the others (not softrank: ranks are global).
+    local_keys: bool = True
 
 
 BATCH_MODES: Registry[BatchMode] = Registry("batch mode")
@@ -131,10 +181,10 @@ for _name, _mode in {
     "top": BatchMode(top, "the B highest scores (deterministic; picks near-duplicates)"),
     "power": BatchMode(power, "sample without replacement, P proportional to score^beta (default)"),
     "softmax": BatchMode(softmax, "sample without replacement, P proportional to exp(beta * score)"),
-    "softrank": BatchMode(softrank, "sample without replacement, P proportional to rank^-beta"),
+    "softrank": BatchMode(softrank, "sample without replacement, P proportional to rank^-beta", local_keys=False),
     "batchbald": BatchMode(
         batchbald_batch, f"greedy joint mutual information (BatchBALD) over the top {SHORTLIST} by the strategy's score",
-        joint=True, note=lambda candidates, budget: f"BatchBALD chose {budget} of the top {shortlist_size(candidates, budget)} items",
+        joint=True, local_keys=False, note=lambda candidates, budget: f"BatchBALD chose {budget} of the top {shortlist_size(candidates, budget)} items",
     ),
 }.items():
     BATCH_MODES.register(_name, _mode, _mode.description)
@@ -142,14 +192,15 @@ for _name, _mode in {
 
 def select_batch(
     scores, budget: int, mode: str = DEFAULT_MODE, seed: int = 0, beta: float = DEFAULT_BETA,
-    sample_probs: Callable[[np.ndarray], np.ndarray] | None = None,
+    sample_probs: Callable[[np.ndarray], np.ndarray] | None = None, item_ids=None,
 ) -> np.ndarray:
     """Select B indices by the named batch mode (`BATCH_MODES`), in draw order.
 
-    Joint modes (`batchbald`) need `sample_probs(positions) -> (S, n, K)`."""
+    `item_ids (N,)` key the Gumbel noise and break ties (default: the positions). Joint modes
+    (`batchbald`) need `sample_probs(positions) -> (S, n, K)`."""
     spec = BATCH_MODES.get(mode)
     if not spec.joint:
-        return spec.function(scores, budget, seed=seed, beta=beta)
+        return spec.function(scores, budget, seed=seed, beta=beta, item_ids=item_ids)
     if sample_probs is None:
         raise InputError(
             f"batch mode {mode!r} chooses from posterior samples and needs a posterior; "
@@ -208,6 +259,7 @@ def select_diverse_batch(
     mode: str = DEFAULT_MODE,
     seed: int = 0,
     beta: float = DEFAULT_BETA,
+    item_ids=None,
 ) -> np.ndarray:
     """`select_batch` followed by near-duplicate suppression: suppressed items are replaced by
     the next draws of the same batch mode. Returns fewer than B indices only when fewer than
@@ -219,11 +271,29 @@ def select_diverse_batch(
     prefix-consistent, so the result equals suppression over the full order of N draws.
     """
     values = _validated_scores(scores, budget)
-    num_items = values.shape[0]
     rows_of = embeddings if callable(embeddings) else np.asarray(embeddings).__getitem__
+
+    def order_prefix(draws: int) -> np.ndarray:
+        return select_batch(values, draws, mode=mode, seed=seed, beta=beta, item_ids=item_ids)
+
+    return suppress_along_order(order_prefix, values.shape[0], rows_of, budget, threshold)
+
+
+def suppress_along_order(
+    order_prefix: Callable[[int], np.ndarray], num_items: int, rows_of: Callable[[np.ndarray], np.ndarray],
+    budget: int, threshold: float,
+) -> np.ndarray:
+    """The first B items of a draw order that survive near-duplicate suppression.
+
+    `order_prefix(k)` returns the first k items of the draw order (prefix-consistent: positions
+    for `select_diverse_batch`, image ids for sharded selection); `rows_of(items)` their
+    embeddings. The first `ORDER_OVERSAMPLE * B + ORDER_SLACK` draws are suppressed; the prefix
+    grows x `ORDER_GROWTH` while fewer than B survive, up to all `num_items`. Greedy
+    suppression along a prefix keeps the same items as along the full order, so the result does
+    not depend on where the prefix stopped."""
     draws = min(num_items, ORDER_OVERSAMPLE * budget + ORDER_SLACK)
     while True:
-        order = select_batch(values, draws, mode=mode, seed=seed, beta=beta)
+        order = np.asarray(order_prefix(draws))
         kept = select_without_near_duplicates(np.arange(len(order)), rows_of(order), budget, threshold)
         if len(kept) == budget or draws == num_items:
             return order[kept]

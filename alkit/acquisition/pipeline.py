@@ -11,7 +11,8 @@ keeps EPIG from collapsing into BALD.
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 
@@ -147,15 +148,47 @@ def score_pool(spec: ScorerSpec, posterior, load_features: Callable[[np.ndarray]
     return scores
 
 
-def check_finite_scores(scores: np.ndarray, item_ids: np.ndarray, strategy: str) -> None:
-    """A NaN or infinite score is an error naming the images, never a silent zero."""
-    bad = np.flatnonzero(~np.isfinite(scores))
-    if bad.size:
+@dataclass(frozen=True)
+class PoolScoring:
+    """Everything that scores pool items, picklable so that it can be shipped once to Ray
+    actors (`alkit select --engine ray`): the scorer's name, the posterior, its shared `weights`
+    (drawn once, by the driver), EPIG's `target_probs` from those draws, whether to take the
+    logits fast path, and the chunk size. Every engine scores through `score`, so an item's
+    score depends only on its features and these (and on its chunk: shards are cut at chunk
+    boundaries)."""
+
+    strategy: str
+    posterior: Any
+    weights: Any = None
+    target_probs: np.ndarray | None = None
+    fast_logits: bool = False
+    chunk_size: int = POOL_CHUNK_SIZE
+
+    def score(self, load_features: Callable[[np.ndarray], np.ndarray], ids: np.ndarray) -> np.ndarray:
+        """Scores `(N,)` float64 of the items `ids` (`score_pool`)."""
+        sample_logits = self.posterior.sample_logits if self.fast_logits else None
+        return score_pool(get_scorer(self.strategy), self.posterior, load_features, ids, self.weights,
+                          self.target_probs, sample_logits=sample_logits, chunk_size=self.chunk_size)
+
+
+def non_finite_ids(scores: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
+    """Ids of the items whose score is NaN or infinite."""
+    return np.asarray(item_ids)[~np.isfinite(scores)]
+
+
+def raise_non_finite(bad_ids: np.ndarray, total: int, strategy: str) -> None:
+    """IntegrityError naming the images with a NaN or infinite score (nothing when there are none)."""
+    if len(bad_ids):
         raise IntegrityError(
-            f"{bad.size} of {len(scores)} {strategy} scores are not finite (image ids "
-            f"{', '.join(str(int(i)) for i in item_ids[bad[:5]])}); their stored vectors are probably "
+            f"{len(bad_ids)} of {total} {strategy} scores are not finite (image ids "
+            f"{', '.join(str(int(i)) for i in bad_ids[:5])}); their stored vectors are probably "
             "zero or corrupt: re-embed those images (`alkit embed`) or re-import the embeddings"
         )
+
+
+def check_finite_scores(scores: np.ndarray, item_ids: np.ndarray, strategy: str) -> None:
+    """A NaN or infinite score is an error naming the images, never a silent zero."""
+    raise_non_finite(non_finite_ids(scores, item_ids), len(scores), strategy)
 
 
 def promote_samples(weights):

@@ -9,6 +9,12 @@ shortlist) with the one near-duplicate suppression (`acquisition.batch.select_di
 needs no posterior (`random`) skips the posterior. Without a usable posterior the pool is
 either scored zero-shot (a posterior built from class prompts) or covered by a cold-start
 selector (`acquisition.COLD_START`); the result says which.
+
+`engine="ray"` (`alkit select --engine ray`) scores the candidates on Ray actors, one shard
+each, with the same posterior samples, and merges the shards' first draws into exactly the
+local engine's batch (`alkit.embedding.ray_scoring`, `alkit.acquisition.sharded`). BatchBALD
+(joint over a shortlist) is refused with `--engine ray`; a scorer without posterior (random)
+and the cold start run in the driver, as there is nothing to score.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from alkit.jsonable import JsonResult
 from alkit.progress import note as progress_note, stage
 from alkit.project import Project
 from alkit.storage.db import utcnow
-from alkit.workflows.select_settings import SelectSettings
+from alkit.workflows.select_settings import ENGINES, SelectSettings
 
 __all__ = ["SelectSettings", "SelectedItem", "SelectionResult", "score_candidates", "select_round"]
 
@@ -64,6 +70,15 @@ def _validate(settings: SelectSettings):
             "uses no posterior; pick another --batch-mode or --strategy"
         )
     COLD_START.get(settings.cold_start)
+    if settings.engine not in ENGINES:
+        raise InputError(f"--engine must be one of {', '.join(ENGINES)}, got {settings.engine!r}")
+    if settings.engine == "ray" and BATCH_MODES.get(settings.batch_mode).joint:
+        raise InputError(
+            f"--batch-mode {settings.batch_mode} chooses jointly from one shortlist's posterior samples and is not "
+            "sharded; use --engine local with it, or --batch-mode top, power, softmax or softrank on Ray"
+        )
+    if settings.workers < 1:
+        raise InputError(f"--workers must be >= 1, got {settings.workers}")
     if settings.budget < 1:
         raise InputError(f"--budget must be >= 1, got {settings.budget}")
     if settings.samples < 2:
@@ -97,6 +112,11 @@ def select_round(project: Project, settings: SelectSettings) -> SelectionResult:
         scores = scorer.function(len(candidate_ids), settings.seed)
     elif posterior is None:
         scores = None
+    elif settings.engine == "ray":
+        with stage(f"select: scoring {len(candidate_ids):,} pool images with {settings.strategy} ({method}) on Ray"):
+            chosen_ids, chosen_scores = _select_on_ray(project, context, posterior, candidate_ids, settings, notes)
+        return _finish(project, context, settings, method, posterior_version, posterior, chosen_ids,
+                       chosen_scores.tolist(), pool_ids, len(candidate_ids), started, notes)
     else:
         with stage(f"select: scoring {len(candidate_ids):,} pool images with {settings.strategy} ({method})"):
             scores = score_candidates(project, context, posterior, candidate_ids, settings)
@@ -108,7 +128,13 @@ def select_round(project: Project, settings: SelectSettings) -> SelectionResult:
     else:
         chosen_positions = _batch(project, context, posterior, candidate_ids, scores, settings, notes)
         chosen_scores = [float(scores[p]) for p in chosen_positions]
-    chosen_ids = candidate_ids[chosen_positions]
+    return _finish(project, context, settings, method, posterior_version, posterior, candidate_ids[chosen_positions],
+                   chosen_scores, pool_ids, len(candidate_ids) if scores is not None else 0, started, notes)
+
+
+def _finish(project, context, settings, method, posterior_version, posterior, chosen_ids, chosen_scores, pool_ids,
+            scored, started, notes) -> SelectionResult:
+    """Record the chosen images as a round and say what was done."""
     progress_note(f"select: chose {len(chosen_ids)} images; recording the round")
     predictions = _predictions(project, context, posterior, chosen_ids)
     round_id, items = _record_round(
@@ -116,8 +142,7 @@ def select_round(project: Project, settings: SelectSettings) -> SelectionResult:
     )
     return SelectionResult(
         round_id=round_id, strategy=settings.strategy, method=method, items=items, pool_size=len(pool_ids),
-        scored=len(candidate_ids) if scores is not None else 0, seconds=round(time.perf_counter() - started, 3),
-        notes=notes,
+        scored=scored, seconds=round(time.perf_counter() - started, 3), notes=notes,
     )
 
 
@@ -169,12 +194,24 @@ def _feature_kind(posterior) -> str:
 def score_candidates(project, context, posterior, candidate_ids: np.ndarray, settings: SelectSettings) -> np.ndarray:
     """Scores `(N,)` of the candidates by `settings.strategy`, in chunks, with one set of shared
     weight samples (also what `alkit report` rescores the pool with)."""
+    from alkit.storage.vectors import load_vectors
+
+    kind = _feature_kind(posterior)
+
+    def features(ids: np.ndarray) -> np.ndarray:
+        return load_vectors(project, context.spec.id, ids, kind=kind)[1]  # ids are ascending, all embedded
+
+    return _pool_scoring(project, context, posterior, candidate_ids, settings).score(features, candidate_ids)
+
+
+def _pool_scoring(project, context, posterior, candidate_ids: np.ndarray, settings: SelectSettings):
+    """The `PoolScoring` of the settings: the posterior with its shared samples drawn once (and
+    EPIG's target probabilities from the same draws), for the local engine or Ray's actors."""
     from alkit.acquisition import SCORERS
-    from alkit.acquisition.pipeline import promote_samples, score_pool
+    from alkit.acquisition.pipeline import PoolScoring, promote_samples
     from alkit.storage.vectors import load_vectors
 
     scorer = SCORERS.get(settings.strategy)
-    kind = _feature_kind(posterior)
     weights = posterior.sample_weights(settings.samples, settings.seed) if scorer.needs_samples else None
     target_probs = None
     if scorer.needs_targets:
@@ -182,18 +219,36 @@ def score_candidates(project, context, posterior, candidate_ids: np.ndarray, set
         # its draws and probabilities are float64: float32 round-off was 3.6e-7 there.
         weights = promote_samples(weights)
         target_ids = _epig_target_ids(project, context, candidate_ids, settings)
-        _, target_x = load_vectors(project, context.spec.id, target_ids, kind=kind)
+        _, target_x = load_vectors(project, context.spec.id, target_ids, kind=_feature_kind(posterior))
         target_probs = posterior.sample_probs(weights, target_x)  # (S, M, K), same draws as the pool
     # Logits fast path (same scores up to float32 round-off): see acquisition.pipeline.score_features.
     fast = weights is not None and scorer.logits_function is not None and posterior.fast_sample_logits
+    return PoolScoring(settings.strategy, posterior, weights, target_probs, bool(fast), settings.chunk_size)
 
-    def features(ids: np.ndarray) -> np.ndarray:
-        return load_vectors(project, context.spec.id, ids, kind=kind)[1]  # ids are ascending, all embedded
 
-    return score_pool(
-        scorer, posterior, features, candidate_ids, weights, target_probs,
-        sample_logits=posterior.sample_logits if fast else None, chunk_size=settings.chunk_size,
-    )
+def _select_on_ray(project, context, posterior, candidate_ids: np.ndarray, settings: SelectSettings, notes: list[str]):
+    """(chosen ids, their scores) scored on Ray actors and merged in the driver (= the local batch)."""
+    from alkit.acquisition.pipeline import raise_non_finite
+    from alkit.acquisition.sharded import select_from_shards
+    from alkit.embedding.ray_scoring import select_on_ray
+    from alkit.storage.vectors import load_vectors_in_order
+
+    budget, mode, seed, beta = settings.budget, settings.batch_mode, settings.seed, settings.beta
+
+    def rows_of_ids(ids: np.ndarray) -> np.ndarray:
+        return load_vectors_in_order(project, context.spec.id, ids)
+
+    def choose(shard_orders, bad_ids):
+        raise_non_finite(bad_ids, len(candidate_ids), settings.strategy)
+        return select_from_shards(lambda count: shard_orders(count, mode, seed, beta), len(candidate_ids), budget,
+                                  mode, seed, beta, settings.dedup_threshold, rows_of_ids)
+
+    scoring = _pool_scoring(project, context, posterior, candidate_ids, settings)
+    chosen = select_on_ray(project.directory, context.spec.id, _feature_kind(posterior), candidate_ids, scoring,
+                           settings.workers, choose, settings.address)
+    notes.append(f"scored on Ray: {settings.workers} actors, one shard each")
+    _note_short_batch(len(chosen[0]), settings, notes)
+    return chosen
 
 
 def _epig_target_ids(project, context, candidate_ids: np.ndarray, settings: SelectSettings) -> np.ndarray:
@@ -220,6 +275,7 @@ def _batch(project, context, posterior, candidate_ids: np.ndarray, scores: np.nd
            notes: list[str]) -> np.ndarray:
     """Positions into the candidates `(B,)`, in draw order, by the settings' batch mode."""
     from alkit.acquisition import BATCH_MODES, select_batch, select_diverse_batch
+    from alkit.acquisition.sharded import nonnegative
     from alkit.storage.vectors import load_vectors_in_order
 
     budget, mode = settings.budget, BATCH_MODES.get(settings.batch_mode)
@@ -230,21 +286,26 @@ def _batch(project, context, posterior, candidate_ids: np.ndarray, scores: np.nd
         if mode.note is not None:
             notes.append(f"{mode.note(len(candidate_ids), budget)} by {settings.strategy}")
         return chosen
-    scores = np.clip(scores, 0.0, None)  # round-off below zero (BALD, EPIG are >= 0)
+    scores = nonnegative(scores)  # round-off below zero (BALD, EPIG are >= 0)
     if settings.dedup_threshold is None:
-        return select_batch(scores, budget, mode=settings.batch_mode, seed=settings.seed, beta=settings.beta)
+        return select_batch(scores, budget, mode=settings.batch_mode, seed=settings.seed, beta=settings.beta,
+                            item_ids=candidate_ids)
 
     def rows(positions: np.ndarray) -> np.ndarray:
         return load_vectors_in_order(project, context.spec.id, candidate_ids[positions])  # rows in draw order
 
     chosen = select_diverse_batch(scores, rows, budget, settings.dedup_threshold, mode=settings.batch_mode,
-                                  seed=settings.seed, beta=settings.beta)
-    if len(chosen) < budget:
+                                  seed=settings.seed, beta=settings.beta, item_ids=candidate_ids)
+    _note_short_batch(len(chosen), settings, notes)
+    return chosen
+
+
+def _note_short_batch(chosen: int, settings: SelectSettings, notes: list[str]) -> None:
+    if chosen < settings.budget:
         notes.append(
-            f"only {len(chosen)} of {budget} items are farther apart than cosine {settings.dedup_threshold}; "
+            f"only {chosen} of {settings.budget} items are farther apart than cosine {settings.dedup_threshold}; "
             "raise --dedup-threshold to allow closer items"
         )
-    return chosen
 
 
 def _sample_probs(project, context, posterior, candidate_ids: np.ndarray, settings: SelectSettings):

@@ -13,6 +13,8 @@ MIN_CANDIDATES = 1000  # ... 1000) pool items nearest the queries unless --candi
 EPIG_TARGET_SEED_OFFSET = 7919  # EPIG's target sample uses seed + this (a prime): apart from the batch's draws
 SCORING_CHUNK_SIZE = 8192  # pool items whose features are loaded and scored at once (8192 x 512 float32 = 16 MB)
 DEDUP_OFF = 1.0  # --dedup-threshold at or above this disables near-duplicate suppression
+ENGINES = ("local", "ray")  # where the pool is scored: this process, or Ray actors (one shard each)
+RAY_SCORING_WORKERS = 2  # Ray actors (shards) for --engine ray unless --workers says otherwise
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,9 @@ class SelectSettings:
     dedup_threshold: float | None = 0.98
     chunk_size: int = SCORING_CHUNK_SIZE
     cold_start: str = "typiclust"  # a name in alkit.acquisition.COLD_START, used before any posterior
+    engine: str = "local"  # a name in ENGINES
+    workers: int = RAY_SCORING_WORKERS  # Ray actors with engine "ray"
+    address: str | None = None  # Ray cluster address with engine "ray" (None: RAY_ADDRESS or a local Ray)
 
     def snapshot(self) -> dict:
         """The settings as recorded with the round (JSON types)."""
