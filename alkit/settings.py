@@ -43,7 +43,7 @@ SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec("batch_size", int, 32, "images per forward pass when embedding", minimum=1),
     SettingSpec("workers", int, 2, "image decoding worker processes when embedding", minimum=0),
     SettingSpec("device", str, "auto", "cpu, cuda or auto"),
-    SettingSpec("precision", str, "fp32", "fp32, fp16 or bf16"),
+    SettingSpec("precision", str, "fp32", "fp32, fp16, bf16 or int8 (CPU dynamic quantisation: its own embedding spec)"),
     SettingSpec("template", str, "a photo of a {}", "class prompt template; {} is the class name"),
     SettingSpec("max_pixels", int, 89_478_485, "images with more pixels are rejected as decompression bombs", minimum=1),
     SettingSpec("seed", int, 0, "random seed for selection and fitting", minimum=0, maximum=2**32 - 1),

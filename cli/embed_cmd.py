@@ -28,7 +28,7 @@ def embed(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per forward pass [default: setting batch_size, 32]."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Decoding worker processes; 0 decodes in-process [default: setting workers, 2]."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or auto [default: setting device, auto]."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="fp32, fp16 or bf16 [default: setting precision, fp32]."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32, fp16, bf16 or int8 (CPU only: Linear layers dynamically quantised; its own embedding spec) [default: setting precision, fp32]."),
     from_file: Optional[Path] = typer.Option(
         None, "--from", help="Import embeddings from an .npz with `paths`, `embeddings` (N x D) and optional `text_embeddings` instead of computing them [default: not set]."
     ),

@@ -17,13 +17,18 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from alkit.errors import ConfigError, ExternalServiceError, InputError
 from alkit.embedding.spec import WeightsSource
 
-PRECISIONS = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}
+PRECISIONS = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "int8": "fp32"}  # alkit name -> open_clip's
+# int8: the fp32 model with its nn.Linear layers dynamically quantised (weights int8, activations
+# quantised per batch), CPU only. A different function of the pixels, so its own spec
+# (`alkit.embedding.spec.for_precision`); agreement with fp32 in benchmarks/results_embed.md.
+QUANTISED = ("int8",)
 PROBE_PROMPT = "a photo"  # any prompt: only the shapes of the text tower's outputs are read
 DEFAULT_IMAGE_SIZE = 224  # open_clip's input size for towers that do not record one
 ERROR_LINE_CHARS = 400  # longest error reason shown (open_clip's messages can run to pages)
@@ -240,11 +245,16 @@ def load_open_clip(architecture: str, weights: WeightsSource, device: str = "cpu
     import torch
 
     if precision not in PRECISIONS:
-        raise ConfigError(f"unknown precision {precision!r}; use fp32, fp16 or bf16")
+        raise ConfigError(f"unknown precision {precision!r}; use fp32, fp16, bf16 or int8")
     from alkit.embedding.spec import check_architecture
 
     check_architecture(architecture)  # registers configs that ship with alkit
     device = resolve_device(device)
+    if precision in QUANTISED and device != "cpu":
+        raise ConfigError(
+            f"--precision {precision} (dynamic quantisation) runs on CPU only, but the device is {device!r}; "
+            "pass --device cpu, or use --precision fp16 on a GPU"
+        )
     kwargs: dict[str, Any] = dict(pretrained=weights.value, precision=PRECISIONS[precision], device=device)
     parameters = inspect.signature(open_clip.create_model_and_transforms).parameters
     if weights.kind == "random" and "pretrained_text" in parameters:
@@ -266,6 +276,9 @@ def load_open_clip(architecture: str, weights: WeightsSource, device: str = "cpu
             ) from None
         raise
     model.eval()
+    image_proj, text_proj = image_projection(model), text_projection(model)
+    if precision in QUANTISED:
+        quantise_linear_layers(model, keep=[p.module for p in (image_proj, text_proj) if p is not None and p.is_linear])
     tokenizer = open_clip.get_tokenizer(architecture)
     return OpenClipEncoder(
         architecture=architecture,
@@ -273,6 +286,40 @@ def load_open_clip(architecture: str, weights: WeightsSource, device: str = "cpu
         preprocess=preprocess,
         tokenizer=tokenizer,
         device=device,
-        image_proj=image_projection(model),
-        text_proj=text_projection(model),
+        image_proj=image_proj,
+        text_proj=text_proj,
     )
+
+
+def quantise_linear_layers(model, keep=()) -> int:
+    """Replace every plain `nn.Linear` of `model` (in place) by its int8 dynamically quantised
+    version (`torch.ao.quantization.quantize_dynamic`): weights int8 per tensor, activations
+    quantised per batch, accumulation in int32, output float32. Left in float32: the layers in
+    `keep` (the towers' linear last projections, whose input phi alkit stores and whose weights
+    it reads as P and Q), attention's `out_proj` (a `NonDynamicallyQuantizableLinear`, read by
+    `nn.MultiheadAttention` directly), convolutions, embeddings and norms. Returns how many
+    layers were quantised."""
+    import torch
+
+    kept = {id(module) for module in keep}
+    names = {
+        name: torch.ao.quantization.default_dynamic_qconfig
+        for name, module in model.named_modules()
+        if type(module) is torch.nn.Linear and id(module) not in kept
+    }
+    if names:
+        with warnings.catch_warnings():  # torch 2.x deprecates the quantized tensor API it still uses here
+            warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*", category=UserWarning)
+            torch.ao.quantization.quantize_dynamic(model, qconfig_spec=names, dtype=torch.qint8, inplace=True)
+    for module in model.modules():
+        # open_clip's blocks read their dtype from `mlp.c_fc.weight`, a method on quantised layers;
+        # the float tensors around the int8 matmuls stay float32.
+        if hasattr(module, "get_weight_dtype"):
+            module.get_weight_dtype = _float32
+    return len(names)
+
+
+def _float32():
+    import torch
+
+    return torch.float32

@@ -3,7 +3,10 @@
 `resolve_weights` turns the `pretrained` setting into a `WeightsSource` without loading any
 model: a hub tag, a local checkpoint file (identified by its content hash) or nothing
 (seeded random weights, for tests only). `spec_key` hashes what makes two runs' vectors
-comparable; embeddings of different keys never mix.
+comparable; embeddings of different keys never mix. fp16/bf16 forward passes are recorded, not
+keyed (they agree with fp32 within the float16 storage); int8 dynamic quantisation changes the
+function (cosine ~0.9998 to fp32, benchmarks/results_embed.md), so it is its own spec
+(`for_precision`): int8 and fp32 vectors of one model never mix.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,6 +25,8 @@ from alkit.registry import Registry
 OPEN_CLIP_KIND = "open_clip"
 IMPORTED_KIND = "imported"
 HASH_CHUNK = 1 << 22  # bytes read at a time while hashing a checkpoint (4 MiB)
+# --precision values that change the model's function (not just its rounding) -> what is keyed
+QUANTISED_PRECISIONS = {"int8": "int8-dynamic-linear"}
 
 
 @dataclass(frozen=True)
@@ -149,16 +154,50 @@ def checkpoint_problem(weights: WeightsSource) -> str | None:
 
 @dataclass(frozen=True)
 class PlannedSpec:
-    """The vector space an embed run will write: architecture, weights, config and its key."""
+    """The vector space an embed run will write: architecture, weights, config and its key;
+    for a quantised model (`for_precision`) also the quantisation and the float model's key."""
 
     architecture: str
     weights: WeightsSource
     config: dict
     key: str
+    quantisation: str | None = None
+    base_key: str | None = None
 
     @property
     def name(self) -> str:
-        return spec_name(self.architecture, self.weights)
+        base = spec_name(self.architecture, self.weights)
+        return base if self.quantisation is None else f"{base}+{self.quantisation}"
+
+
+def quantised_key(base_key: str, quantisation: str) -> str:
+    """The spec key of the float model `base_key` run with `quantisation`."""
+    return hashlib.blake2b(f"{base_key}|{quantisation}".encode(), digest_size=16).hexdigest()
+
+
+def for_precision(planned: PlannedSpec, precision: str) -> PlannedSpec:
+    """The spec an embed run at `precision` writes: the float spec for fp32/fp16/bf16, its own
+    key and name for a quantised precision (int8)."""
+    base = planned.base_key or planned.key
+    quantisation = QUANTISED_PRECISIONS.get(precision)
+    if quantisation is None:
+        return replace(planned, key=base, quantisation=None, base_key=None)
+    return replace(planned, key=quantised_key(base, quantisation), quantisation=quantisation, base_key=base)
+
+
+def planned_from_record(architecture: str, weights: WeightsSource, record: dict, key: str) -> PlannedSpec:
+    """The PlannedSpec of a stored spec (its row's `spec` record and key)."""
+    return PlannedSpec(architecture, weights, record.get("config") or {}, key,
+                       record.get("quantisation"), record.get("base_key"))
+
+
+def encoder_precision(record: dict, requested: str) -> str:
+    """The precision to load the encoder of a stored spec at: a quantised spec's own, else the
+    requested one unless that is a quantised one (a float spec's vectors come from the float model)."""
+    recorded = record.get("precision")
+    if record.get("quantisation") and recorded in QUANTISED_PRECISIONS:
+        return recorded
+    return "fp32" if requested in QUANTISED_PRECISIONS else requested
 
 
 def plan_spec(architecture: str, pretrained: str | None, seed: int) -> PlannedSpec:
@@ -189,6 +228,7 @@ def spec_record(planned: PlannedSpec, encoder, dims, device: str, precision: str
         "precision": precision,
         "storage_dtype": "float16",
         "config": planned.config,
+        **({} if planned.quantisation is None else {"quantisation": planned.quantisation, "base_key": planned.base_key}),
     }
 
 

@@ -113,9 +113,10 @@ def embed_images(
             return EmbedResult(existing.id, existing.name, planned.key, random_weights, device, settings.precision,
                                orphans_removed=removed, text_features=None if text_path is None else str(text_path))
 
-        # the Ray driver only needs the spec's shapes, projections and text features: CPU fp32
+        # the Ray driver only needs the spec's shapes, projections and text features: CPU fp32 (int8
+        # specs: int8, so that the text features come from the same quantised model as the images)
         encoder = (load_open_clip(planned.architecture, planned.weights, device, settings.precision) if engine == "local"
-                   else load_open_clip(planned.architecture, planned.weights, "cpu", "fp32"))
+                   else load_open_clip(planned.architecture, planned.weights, "cpu", "int8" if planned.quantisation else "fp32"))
         dims = encoder.vector_dims()
         spec = spec_record(planned, encoder, dims, device, settings.precision)
         with project.engine.begin() as connection:

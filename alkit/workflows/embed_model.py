@@ -17,7 +17,10 @@ from alkit.embedding.spec import (
     WeightsSource,
     check_architecture,
     checkpoint_problem,
+    encoder_precision,
+    for_precision,
     plan_spec,
+    planned_from_record,
 )
 from alkit.errors import InputError, IntegrityError, StateError
 from alkit.project import Project
@@ -54,7 +57,7 @@ def choose_model(project: Project) -> PlannedSpec:
         if not model_given and recorded is not None and recorded.kind == OPEN_CLIP_KIND:
             architecture = recorded.spec["architecture"]  # new weights for the project's architecture
         random = pretrained.strip().lower() == RANDOM_WEIGHTS
-        return plan_spec(architecture, None if random else pretrained, settings.seed)
+        return for_precision(plan_spec(architecture, None if random else pretrained, settings.seed), settings.precision)
     if recorded is None or recorded.kind != OPEN_CLIP_KIND:
         given = f"--model {settings.model} without --pretrained" if model_given else "no model given"
         what = (
@@ -81,7 +84,7 @@ def choose_model(project: Project) -> PlannedSpec:
             f"checkpoint {path} changed since the project's model {recorded.name!r} was recorded (hash differs); "
             "restore it, or pass --pretrained PATH to embed with the new weights as a new spec"
         )
-    return PlannedSpec(architecture, weights, recorded.spec.get("config") or {}, recorded.key)
+    return for_precision(planned_from_record(architecture, weights, recorded.spec, recorded.key), settings.precision)
 
 
 def encoder_for_spec(project: Project, spec: Any):
@@ -105,4 +108,4 @@ def encoder_for_spec(project: Project, spec: Any):
             f"checkpoint {path} changed since spec {row.name!r} was embedded (hash differs); restore it or re-embed"
         )
     settings = project.settings
-    return load_open_clip(row.spec["architecture"], weights, settings.device, settings.precision)
+    return load_open_clip(row.spec["architecture"], weights, settings.device, encoder_precision(row.spec, settings.precision))
