@@ -313,7 +313,7 @@ def _read(directory: Path) -> SuiteData:
     import sqlalchemy as sa
 
     from alkit.project import open_project
-    from alkit.storage.pool import resolved_labels
+    from alkit.storage.labels import resolved_labels
     from alkit.storage.schema import images
     from alkit.storage.specs import current_spec
     from alkit.storage.vectors import load_vectors

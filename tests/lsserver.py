@@ -231,7 +231,7 @@ def select_first_unlabelled(project, budget: int) -> int | None:
     import sqlalchemy as sa
 
     from alkit.storage.db import utcnow
-    from alkit.storage.pool import class_names
+    from alkit.storage.classes import class_names
     from alkit.storage.schema import ImageStatus, images, labels, round_items, rounds
 
     with project.engine.begin() as connection:

@@ -90,7 +90,7 @@ def test_oracle_labels_are_the_truth_and_rounds_do_not_overlap(tmp_path):
     import sqlalchemy as sa
 
     from alkit.project import open_project
-    from alkit.storage.pool import resolved_labels
+    from alkit.storage.labels import resolved_labels
     from alkit.storage.schema import classes, images
 
     data = load_dataset("digits", root=tmp_path, small=True)

@@ -130,7 +130,7 @@ def test_pull_maps_annotations_to_labels_incrementally(ls, token_env, cli, make_
     assert changed["rounds_closed"] == [1]
     assert len(changed["conflicts"]) == 1  # the zebra annotation is still there, still not a label
     assert rows(project, sa.select(rounds.c.status))[0][0] == "labeled"
-    from alkit.storage.pool import resolved_labels
+    from alkit.storage.labels import resolved_labels
 
     with project.engine.connect() as connection:
         assert len(resolved_labels(connection, ids)) == 6

@@ -12,11 +12,13 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
-import sqlalchemy as sa
 
 from alkit.project import Project
-from alkit.storage.pool import class_rows, resolved_labels
-from alkit.storage.schema import LabelSource, Split, images, labels, posteriors, round_items, rounds
+from alkit.storage.classes import class_rows
+from alkit.storage.labels import resolved_labels
+from alkit.storage.history import all_round_items, all_rounds, label_studio_votes, non_test_image_ids, taken_before_round
+from alkit.storage.posteriors import posterior_version_row
+from alkit.storage.schema import Split
 from alkit.workflows.select import SelectedItem
 
 POOL_SCORE_SAMPLE = 4000  # pool items rescored per round for the histogram (a uniform sample)
@@ -62,11 +64,8 @@ def round_summaries(project: Project) -> list[RoundSummary]:
     """Every round in order, with its selected images, their predictions and their labels."""
     with project.engine.connect() as connection:
         names = {row.id: row.name for row in class_rows(connection)}
-        round_rows = connection.execute(sa.select(rounds).order_by(rounds.c.id)).all()
-        item_rows = connection.execute(
-            sa.select(round_items, images.c.path).join(images, images.c.id == round_items.c.image_id)
-            .order_by(round_items.c.round_id, round_items.c.rank)
-        ).all()
+        round_rows = all_rounds(connection)
+        item_rows = all_round_items(connection)
         resolved = resolved_labels(connection, [row.image_id for row in item_rows]) if item_rows else {}
     by_round: dict[int, list[SelectedImage]] = defaultdict(list)
     for row in item_rows:
@@ -95,7 +94,7 @@ def class_balance(project: Project, summaries: list[RoundSummary]) -> tuple[list
     """
     with project.engine.connect() as connection:
         rows = class_rows(connection)
-        ids = list(connection.execute(sa.select(images.c.id).where(images.c.split != Split.TEST.value)).scalars())
+        ids = non_test_image_ids(connection)
         resolved = resolved_labels(connection, ids) if ids else {}
     position = {row.id: index for index, row in enumerate(rows)}
     first_round = {}
@@ -121,11 +120,7 @@ def label_studio_agreement(project: Project, max_examples: int = 8) -> Agreement
     """Agreement between Label Studio annotators; None when no image has Label Studio labels."""
     with project.engine.connect() as connection:
         names = {row.id: row.name for row in class_rows(connection)}
-        rows = connection.execute(
-            sa.select(labels.c.image_id, labels.c.annotator, labels.c.class_id, images.c.path)
-            .join(images, images.c.id == labels.c.image_id)
-            .where(labels.c.source == LabelSource.LABEL_STUDIO.value)
-        ).all()
+        rows = label_studio_votes(connection)
     if not rows:
         return None
     votes: dict[int, dict[str, str]] = defaultdict(dict)
@@ -200,16 +195,13 @@ def round_pool_scores(
     try:
         context = posterior_context(project)
         with project.engine.connect() as connection:
-            row = connection.execute(sa.select(posteriors).where(posteriors.c.version == summary.posterior_version)).first()
-            earlier = set(connection.execute(
-                sa.select(round_items.c.image_id).where(round_items.c.round_id < summary.round_id)).scalars())
-            labelled_before = set(connection.execute(
-                sa.select(labels.c.image_id).where(labels.c.created_at < _created_at(connection, summary.round_id))).scalars())
+            row = posterior_version_row(connection, summary.posterior_version)
+            taken = taken_before_round(connection, summary.round_id)
         if row is None or row.spec_id != context.spec.id:
             return _EMPTY, _EMPTY, f"posterior v{summary.posterior_version} is gone or was fitted on other embeddings"
         posterior = load_posterior(project.resolve_stored(row.path), context.spec.key, context.class_names)
-        pool = embedded_image_ids(project, context.spec.id, images.c.split == Split.POOL.value)
-        pool = np.array([i for i in pool.tolist() if i not in earlier and i not in labelled_before], dtype=np.int64)
+        pool = embedded_image_ids(project, context.spec.id, splits=(Split.POOL,))
+        pool = np.array([i for i in pool.tolist() if i not in taken], dtype=np.int64)
         if len(pool) > sample:
             pool = np.sort(np.random.default_rng(summary.round_id).choice(pool, sample, replace=False))
         scores = _score_like_select(project, context, posterior, pool, summary.settings)
@@ -220,10 +212,6 @@ def round_pool_scores(
 
 
 _EMPTY = np.array([], dtype=np.int64)
-
-
-def _created_at(connection, round_id: int):
-    return connection.execute(sa.select(rounds.c.created_at).where(rounds.c.id == round_id)).scalar_one()
 
 
 def _score_like_select(project, context, posterior, candidate_ids: np.ndarray, recorded: dict) -> np.ndarray:

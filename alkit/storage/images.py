@@ -17,6 +17,16 @@ from alkit.storage.schema import ImageStatus, Split, embeddings, images, labels
 SETTLED_STATUSES = (ImageStatus.LABELED, ImageStatus.REJECTED)  # statuses a push leaves as they are
 
 
+def statuses_by_path(connection: Connection) -> dict[str, str]:
+    """path -> status of every registered image (rejected ones included)."""
+    return dict(connection.execute(sa.select(images.c.path, images.c.status)).all())
+
+
+def update_by_path(connection: Connection, path: str, values: dict) -> None:
+    """Overwrite columns of the image registered at `path` (e.g. a rejected file now readable)."""
+    connection.execute(images.update().where(images.c.path == path).values(**values))
+
+
 def usable_paths(connection: Connection) -> list[str]:
     """Paths of every image not rejected."""
     return list(connection.execute(sa.select(images.c.path).where(images.c.status != ImageStatus.REJECTED)).scalars())
@@ -128,3 +138,9 @@ def free_pool_counts(connection: Connection) -> tuple[int, int]:
         count.where(*free, images.c.status.in_([ImageStatus.EMBEDDED.value, ImageStatus.REGISTERED.value]))
     ).scalar()
     return int(embedded), int(total)
+
+
+def count_images_by(connection: Connection, column: sa.Column) -> dict[str, int]:
+    """value -> number of images, grouped by one column of `images` (status or split)."""
+    rows = connection.execute(sa.select(column, sa.func.count()).group_by(column))
+    return {str(key): int(count) for key, count in rows}

@@ -5,6 +5,7 @@ One row per (image, source, annotator); an upsert adds, updates or leaves a row 
 
 from __future__ import annotations
 
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,10 +26,6 @@ class LabelChanges:
     unchanged: int = 0
 
 
-def class_ids_by_name(connection: Connection) -> dict[str, int]:
-    return dict(connection.execute(sa.select(classes.c.name, classes.c.id)).all())
-
-
 def label_count(connection: Connection) -> int:
     return int(connection.execute(sa.select(sa.func.count()).select_from(labels)).scalar())
 
@@ -42,6 +39,12 @@ def labelled_among(connection: Connection, image_ids: Iterable[int]) -> set[int]
 def labelled_images():
     """A subquery of every labelled image id (for `not_in` filters)."""
     return sa.select(labels.c.image_id)
+
+
+def insert_labels(connection: Connection, rows: list[dict]) -> None:
+    """Add label rows (image_id, class_id, source, annotator, created_at) as they are."""
+    if rows:
+        connection.execute(labels.insert(), rows)
 
 
 def upsert_file_labels(connection: Connection, chosen: dict[int, int], annotator: str, now: datetime) -> LabelChanges:
@@ -113,3 +116,21 @@ def exported_labels(connection: Connection) -> list[sa.Row]:
         .order_by(labels.c.created_at, labels.c.id)
     )
     return list(connection.execute(query))
+
+
+def resolved_labels(connection: Connection, image_ids: Iterable[int] | None = None) -> dict[int, int]:
+    """One class id per labelled image: the majority over its labels, ties to the newest."""
+    query = sa.select(labels.c.image_id, labels.c.class_id, labels.c.created_at, labels.c.id)
+    if image_ids is not None:
+        query = query.where(labels.c.image_id.in_(list(image_ids)))
+    votes: dict[int, list[tuple]] = defaultdict(list)
+    for image_id, class_id, created_at, label_id in connection.execute(query):
+        votes[image_id].append((class_id, created_at, label_id))
+    resolved: dict[int, int] = {}
+    for image_id, rows in votes.items():
+        counts = Counter(class_id for class_id, _, _ in rows)
+        best = max(counts.values())
+        tied = {class_id for class_id, count in counts.items() if count == best}
+        newest = max((row for row in rows if row[0] in tied), key=lambda row: (row[1], row[2]))
+        resolved[image_id] = newest[0]
+    return resolved

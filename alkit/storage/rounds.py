@@ -80,6 +80,12 @@ def item_buckets(connection: Connection, round_ids: list[int] | None = None) -> 
     return counts
 
 
+def item_paths(connection: Connection, round_id: int) -> list[sa.Row]:
+    """(id, path) of every image selected in the round."""
+    query = sa.select(images.c.id, images.c.path).join(round_items, round_items.c.image_id == images.c.id)
+    return connection.execute(query.where(round_items.c.round_id == round_id)).all()
+
+
 def items_to_push(connection: Connection, round_id: int) -> list[sa.Row]:
     """Items still in the round, by rank, with their image's path and content hash."""
     return connection.execute(

@@ -49,6 +49,9 @@ class Split(StrEnum):
     TEST = "test"
 
 
+TRAINING_SPLITS = (Split.POOL, Split.TARGET)  # labels of these train posteriors; the test split is held out
+
+
 class RoundItemOutcome(StrEnum):
     """Why an item left its round before being labelled (None in `round_items.outcome`: still in it)."""
 

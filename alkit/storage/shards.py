@@ -37,7 +37,7 @@ from sqlalchemy.engine import Connection, Engine
 from alkit.atomic import atomic_write
 from alkit.errors import LockedError
 from alkit.storage.db import utcnow
-from alkit.storage.pool import insert_ignoring_conflicts
+from alkit.storage.inserts import insert_ignoring_conflicts
 from alkit.storage.schema import ImageStatus, embeddings, images
 
 VECTOR_KINDS = ("embedding", "phi")

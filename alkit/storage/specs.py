@@ -14,7 +14,7 @@ from sqlalchemy.engine import Connection
 
 from alkit.errors import IntegrityError, StateError
 from alkit.storage.db import utcnow
-from alkit.storage.pool import insert_ignoring_conflicts
+from alkit.storage.inserts import insert_ignoring_conflicts
 from alkit.storage.schema import embedding_specs
 
 

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from alkit.storage.db import utcnow
-from alkit.storage.pool import insert_ignoring_conflicts
+from alkit.storage.inserts import insert_ignoring_conflicts
 from alkit.storage.schema import state
 
 

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from alkit.storage.db import utcnow
-from alkit.storage.pool import insert_ignoring_conflicts
+from alkit.storage.inserts import insert_ignoring_conflicts
 from alkit.storage.schema import ACTIVE_ROUND_STATUSES, RoundItemOutcome, images, labels, ls_task_events, ls_tasks, round_items, rounds
 
 EXCLUDED_EVENT = "excluded"  # event of an image excluded from selection (not a round outcome)

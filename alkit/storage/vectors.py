@@ -153,11 +153,11 @@ def int_column(connection: Connection, query) -> np.ndarray:
     return _int_table(connection, query, 1)[:, 0]
 
 
-def embedded_image_ids(project, spec_id: int, *conditions) -> np.ndarray:
-    """Ascending ids `(N,)` of images with vectors of this spec; `conditions` filter on `images`."""
+def embedded_image_ids(project, spec_id: int, splits: Iterable[str] | None = None) -> np.ndarray:
+    """Ascending ids `(N,)` of images with vectors of this spec (only those in `splits` if given)."""
     query = sa.select(embeddings.c.image_id).where(embeddings.c.spec_id == spec_id)
-    if conditions:
-        query = query.join(images, images.c.id == embeddings.c.image_id).where(*conditions)
+    if splits is not None:
+        query = query.join(images, images.c.id == embeddings.c.image_id).where(images.c.split.in_([str(s) for s in splits]))
     with project.engine.connect() as connection:
         return int_column(connection, query.order_by(embeddings.c.image_id))
 

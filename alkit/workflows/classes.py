@@ -6,12 +6,9 @@ import hashlib
 import json
 from pathlib import Path
 
-import sqlalchemy as sa
-
 from alkit.errors import InputError, StateError
 from alkit.project import Project
-from alkit.storage.pool import class_rows
-from alkit.storage.schema import classes, labels
+from alkit.storage.classes import class_names, class_rows, label_counts_of, replace_class_list
 
 
 def read_class_file(path: Path) -> list[str]:
@@ -42,29 +39,12 @@ def set_classes(project: Project, names: list[str], template: str | None = None)
     if "{}" not in template:
         raise InputError(f"prompt template {template!r} has no {{}} placeholder; e.g. 'a photo of a {{}}'")
     with project.engine.begin() as connection:
-        existing = {row.name: row for row in class_rows(connection)}
-        dropped = set(existing) - set(names)
-        if dropped:
-            used = connection.execute(
-                sa.select(classes.c.name, sa.func.count(labels.c.id))
-                .join(labels, labels.c.class_id == classes.c.id)
-                .where(classes.c.name.in_(dropped))
-                .group_by(classes.c.name)
-            ).all()
-            if used:
-                detail = ", ".join(f"{name} ({count} labels)" for name, count in used)
-                raise StateError(f"cannot drop classes with labels: {detail}; keep them in the list")
-            connection.execute(classes.delete().where(classes.c.name.in_(dropped)))
-        # Two passes so reordering never collides on positions.
-        for position, name in enumerate(names):
-            prompt = template.replace("{}", name)
-            if name in existing:
-                connection.execute(
-                    classes.update().where(classes.c.name == name).values(prompt=prompt, position=position + len(names))
-                )
-            else:
-                connection.execute(classes.insert().values(name=name, prompt=prompt, position=position + len(names)))
-        connection.execute(classes.update().values(position=classes.c.position - len(names)))
+        dropped = set(class_names(connection)) - set(names)
+        used = label_counts_of(connection, dropped) if dropped else {}
+        if used:
+            detail = ", ".join(f"{name} ({count} labels)" for name, count in sorted(used.items()))
+            raise StateError(f"cannot drop classes with labels: {detail}; keep them in the list")
+        replace_class_list(connection, names, [template.replace("{}", name) for name in names])
         return [dict(row._mapping) for row in class_rows(connection)]
 
 

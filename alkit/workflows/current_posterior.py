@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from alkit.errors import StateError
 from alkit.project import Project
-from alkit.storage.pool import class_rows
+from alkit.storage.classes import class_rows
 from alkit.storage.posteriors import newest_posterior_row
 
 

@@ -21,13 +21,16 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import sqlalchemy as sa
 
 from alkit.errors import InputError
 from alkit.project import Project, init_project, open_project
 from alkit.settings import write_config_file
+from alkit.storage.classes import class_ids_by_name
 from alkit.storage.db import utcnow
-from alkit.storage.schema import ImageStatus, LabelSource, RoundStatus, classes, images, labels, round_items, rounds
+from alkit.storage.images import mark_labeled
+from alkit.storage.labels import insert_labels
+from alkit.storage.rounds import item_paths, mark_round_labeled
+from alkit.storage.schema import LabelSource
 
 
 @dataclass(frozen=True)
@@ -170,20 +173,16 @@ def annotate_round(project: Project, round_id: int, answers: dict[str, str]) -> 
     """The simulated annotator: label every item of a round from the answer key."""
     now = utcnow()
     with project.engine.begin() as connection:
-        class_ids = dict(connection.execute(sa.select(classes.c.name, classes.c.id)).all())
-        items = connection.execute(
-            sa.select(images.c.id, images.c.path).join(round_items, round_items.c.image_id == images.c.id)
-            .where(round_items.c.round_id == round_id)
-        ).all()
+        class_ids = class_ids_by_name(connection)
+        items = item_paths(connection, round_id)
         rows = [
             dict(image_id=item.id, class_id=class_ids[answers[item.path]], source=LabelSource.SIMULATED.value,
                  annotator="oracle", created_at=now)
             for item in items
         ]
-        connection.execute(labels.insert(), rows)
-        ids = [item.id for item in items]
-        connection.execute(images.update().where(images.c.id.in_(ids)).values(status=ImageStatus.LABELED.value, updated_at=now))
-        connection.execute(rounds.update().where(rounds.c.id == round_id).values(status=RoundStatus.LABELED))
+        insert_labels(connection, rows)
+        mark_labeled(connection, [item.id for item in items])
+        mark_round_labeled(connection, round_id)
     return len(rows)
 
 
@@ -319,7 +318,7 @@ def write_demo_report(settings: DemoSettings, result: DemoResult, project: Proje
         + figure(accuracy_png, "Accuracy against labels; dashed: zero-shot start and linear-probe ceiling")
         + figure(ece_png, "Calibration error against labels")
         + table(headers, rows, name_columns=0)
-        + f"<p class=\"note\">Mean accuracy over rounds and seeds: "
+        + "<p class=\"note\">Mean accuracy over rounds and seeds: "
         + ", ".join(f"{n} {result.mean_accuracy(n):.3f}" for n in names)
         + f". Settings: {settings.rounds} rounds of {settings.budget} labels, batch mode {settings.batch_mode}, "
           f"{seeds} seeds. The sections below are the `alkit report` page of the {settings.strategy} project of the "

@@ -15,7 +15,8 @@ from alkit.errors import StateError
 from alkit.jsonable import JsonResult
 from alkit.project import Project
 from alkit.storage.db import utcnow
-from alkit.storage.pool import class_rows, resolved_labels
+from alkit.storage.classes import class_rows
+from alkit.storage.labels import resolved_labels
 from alkit.storage.state import StateKey, read_state, write_state
 from alkit.workflows.eval_settings import DEFAULT_BINS, DEFAULT_SPLIT
 

@@ -13,12 +13,12 @@ import os
 from pathlib import Path
 
 import numpy as np
-import sqlalchemy as sa
 
 from alkit.errors import InputError, StateError
 from alkit.posterior.base import FeatureKind
 from alkit.project import Project
-from alkit.storage.schema import Split, images
+from alkit.storage.images import ids_by_path
+from alkit.storage.schema import Split
 from alkit.storage.vectors import embedded_image_ids, load_vectors, load_vectors_in_order
 from alkit.workflows.current_posterior import PosteriorContext
 from alkit.workflows.fit_inputs import TrainingSet
@@ -64,7 +64,7 @@ def bayesvlm_base(project: Project, context: PosteriorContext, settings: FitSett
         return _from_pairs(project, Path(settings.pairs_csv), projection, context, scale, settings)
     # Labelled images enter the refit's curvature with their labels; leaving them in the
     # zero-shot curvature as well would count them twice.
-    pool_ids = [i for i in embedded_image_ids(project, context.spec.id, images.c.split == Split.POOL.value).tolist() if i not in exclude]
+    pool_ids = [i for i in embedded_image_ids(project, context.spec.id, splits=(Split.POOL,)).tolist() if i not in exclude]
     if not pool_ids:
         raise StateError("no embedded pool images to estimate the curvature from; run `alkit add` and `alkit embed`")
     rng = np.random.default_rng(settings.seed)
@@ -121,12 +121,12 @@ def read_pairs_csv(path: Path) -> list[tuple[str, str]]:
 
 def _pair_image_ids(project: Project, path: Path, rows: list[tuple[str, str]]) -> list[int]:
     """Pool image id of each pair's image (relative to the CSV or the working directory)."""
+    candidates = {raw: (os.path.realpath(path.parent / raw), os.path.realpath(raw)) for raw, _ in rows}
     with project.engine.connect() as connection:
-        known = dict(connection.execute(sa.select(images.c.path, images.c.id)).all())
+        known = ids_by_path(connection, [c for pair in candidates.values() for c in pair])
     image_ids, missing = [], []
     for raw, _ in rows:
-        candidates = [os.path.realpath(path.parent / raw), os.path.realpath(raw)]
-        found = next((known[c] for c in candidates if c in known), None)
+        found = next((known[c] for c in candidates[raw] if c in known), None)
         (missing if found is None else image_ids).append(raw if found is None else found)
     if missing:
         raise InputError(

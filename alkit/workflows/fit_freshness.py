@@ -11,14 +11,14 @@ import hashlib
 from pathlib import Path
 
 from alkit.project import Project
-from alkit.storage.pool import resolved_labels
-from alkit.storage.schema import Split, images
+from alkit.storage.labels import resolved_labels
+from alkit.storage.schema import TRAINING_SPLITS
 from alkit.storage.vectors import embedded_image_ids
 
 
 def labels_fingerprint(project: Project, spec_id: int) -> str:
     """blake2b of the sorted resolved labels of the images a fit trains on."""
-    candidate_ids = embedded_image_ids(project, spec_id, images.c.split != Split.TEST.value).tolist()
+    candidate_ids = embedded_image_ids(project, spec_id, splits=TRAINING_SPLITS).tolist()
     with project.engine.connect() as connection:
         resolved = resolved_labels(connection, candidate_ids) if candidate_ids else {}
     digest = hashlib.blake2b(digest_size=16)

@@ -13,8 +13,9 @@ import numpy as np
 
 from alkit.posterior.base import FeatureKind
 from alkit.project import Project
-from alkit.storage.pool import class_rows, resolved_labels
-from alkit.storage.schema import Split, images
+from alkit.storage.classes import class_rows
+from alkit.storage.labels import resolved_labels
+from alkit.storage.schema import TRAINING_SPLITS
 from alkit.storage.vectors import embedded_image_ids, load_vectors
 from alkit.workflows.current_posterior import PosteriorContext
 from alkit.workflows.fit_settings import IMPORTED_LOGIT_SCALE, FitSettings
@@ -30,7 +31,7 @@ class TrainingSet:
 
 def labelled_training_set(project: Project, context: PosteriorContext, feature_kind: FeatureKind) -> TrainingSet:
     """The labelled, embedded non-test images with their resolved class indices."""
-    candidate_ids = embedded_image_ids(project, context.spec.id, images.c.split != Split.TEST.value).tolist()
+    candidate_ids = embedded_image_ids(project, context.spec.id, splits=TRAINING_SPLITS).tolist()
     with project.engine.connect() as connection:
         resolved = resolved_labels(connection, candidate_ids) if candidate_ids else {}
         position = {row.id: index for index, row in enumerate(class_rows(connection))}
@@ -42,7 +43,7 @@ def labelled_training_set(project: Project, context: PosteriorContext, feature_k
 def unlabelled_sample(project: Project, context: PosteriorContext, settings: FitSettings) -> np.ndarray:
     """Embeddings of up to `unlabelled_sample_size` non-test images (seeded sample): the head
     posteriors' input centring and ProbVLM's training set come from them, never from the test split."""
-    image_ids = embedded_image_ids(project, context.spec.id, images.c.split != Split.TEST.value)
+    image_ids = embedded_image_ids(project, context.spec.id, splits=TRAINING_SPLITS)
     if len(image_ids) > settings.unlabelled_sample_size:
         image_ids = np.random.default_rng(settings.seed).choice(image_ids, settings.unlabelled_sample_size, replace=False)
     return load_vectors(project, context.spec.id, np.asarray(image_ids).tolist(), kind=FeatureKind.EMBEDDING)[1]

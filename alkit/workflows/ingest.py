@@ -6,16 +6,15 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import sqlalchemy as sa
-
-from alkit.errors import InputError
 from alkit.arrays import iter_chunks
+from alkit.errors import InputError
 from alkit.imagefiles import ProbeResult, find_image_files, probe_image
+from alkit.jsonable import JsonResult
 from alkit.progress import progress_bar
 from alkit.project import Project
-from alkit.jsonable import JsonResult
 from alkit.storage.db import utcnow
-from alkit.storage.pool import insert_ignoring_conflicts
+from alkit.storage.images import ids_by_hash, statuses_by_path, update_by_path
+from alkit.storage.inserts import insert_ignoring_conflicts
 from alkit.storage.schema import ImageStatus, Split, images
 
 CHUNK_SIZE = 512
@@ -62,7 +61,7 @@ def add_images(
     unlisted = [ProbeResult(p, False, r) for p, r in found.rejected if r != "file not found"]
 
     with project.engine.connect() as connection:
-        known = dict(connection.execute(sa.select(images.c.path, images.c.status)).all())
+        known = statuses_by_path(connection)
     to_probe = [path for path in found.files if known.get(path) in (None, ImageStatus.REJECTED.value)]
     result.already_registered = len(found.files) - len(to_probe)
 
@@ -82,10 +81,7 @@ def _record_chunk(project: Project, probes: list[ProbeResult], split: str, known
     good = [probe for probe in probes if probe.ok]
     bad = [probe for probe in probes if not probe.ok]
     with project.engine.begin() as connection:
-        hashes = [probe.content_hash for probe in good]
-        taken = set(
-            connection.execute(sa.select(images.c.content_hash).where(images.c.content_hash.in_(hashes))).scalars()
-        )
+        taken = set(ids_by_hash(connection, [probe.content_hash for probe in good]))
         rows = []
         for probe in good:
             if probe.content_hash in taken:
@@ -106,7 +102,7 @@ def _record_chunk(project: Project, probes: list[ProbeResult], split: str, known
                 updated_at=now,
             )
             if probe.path in known:  # previously rejected, now readable
-                connection.execute(images.update().where(images.c.path == probe.path).values(**row))
+                update_by_path(connection, probe.path, row)
                 result.added += 1
             else:
                 rows.append(row)
@@ -120,7 +116,7 @@ def _record_chunk(project: Project, probes: list[ProbeResult], split: str, known
                 status=ImageStatus.REJECTED.value, error_reason=probe.reason, size_bytes=probe.size_bytes, updated_at=now
             )
             if probe.path in known:
-                connection.execute(images.update().where(images.c.path == probe.path).values(**values))
+                update_by_path(connection, probe.path, values)
             else:
                 rejected_rows.append(dict(path=probe.path, split=split, added_at=now, **values))
         insert_ignoring_conflicts(connection, images, rejected_rows)

@@ -13,7 +13,8 @@ from alkit.jsonable import JsonResult
 from alkit.project import Project
 from alkit.storage.db import utcnow
 from alkit.storage.images import mark_labeled, usable_ids_by_path
-from alkit.storage.labels import class_ids_by_name, exported_labels, upsert_file_labels
+from alkit.storage.classes import class_ids_by_name
+from alkit.storage.labels import exported_labels, upsert_file_labels
 
 LABEL_CSV_COLUMNS = {"path", "label"}
 

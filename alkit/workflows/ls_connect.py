@@ -17,7 +17,7 @@ from alkit.project import Project
 from alkit.settings import write_config_file
 from alkit.storage.identity import project_uuid
 from alkit.storage.images import usable_paths
-from alkit.storage.pool import class_names
+from alkit.storage.classes import class_names
 from alkit.storage.tasks import recorded_task_ids
 from alkit.workflows.ls_project import ensure_local_storage, label_config_mismatch
 

@@ -14,7 +14,7 @@ from alkit.labelstudio.mapping import VotePolicy
 from alkit.locking import project_lock
 from alkit.project import Project
 from alkit.storage.identity import project_uuid
-from alkit.storage.pool import class_names
+from alkit.storage.classes import class_names
 from alkit.storage.rounds import complete_rounds
 from alkit.storage.schema import RoundItemOutcome
 from alkit.storage.state import StateKey, read_state, write_state

@@ -15,7 +15,8 @@ from alkit.labelstudio.mapping import VotePolicy, task_outcome
 from alkit.project import Project
 from alkit.storage.db import utcnow
 from alkit.storage.images import existing_ids, mark_labeled, not_yet_labeled, unlabel
-from alkit.storage.labels import class_ids_by_name, labelled_among, reconcile_labelstudio_labels
+from alkit.storage.classes import class_ids_by_name
+from alkit.storage.labels import labelled_among, reconcile_labelstudio_labels
 from alkit.storage.schema import RoundItemOutcome
 from alkit.storage.state import StateKey, read_state, write_state
 from alkit.storage.tasks import waiting_tasks

@@ -21,7 +21,7 @@ from alkit.locking import project_lock
 from alkit.project import Project
 from alkit.storage.identity import project_uuid
 from alkit.storage.images import mark_pushed
-from alkit.storage.pool import class_names
+from alkit.storage.classes import class_names
 from alkit.storage.rounds import items_to_push, mark_round_pushed, newest_round, round_row
 from alkit.storage.schema import RoundStatus
 from alkit.storage.tasks import images_with_tasks, record_tasks

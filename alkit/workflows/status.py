@@ -5,7 +5,9 @@ from __future__ import annotations
 from alkit.project import Project
 from alkit.storage.labels import label_count
 from alkit.storage.migrations import current_version
-from alkit.storage.pool import class_names, class_rows, count_images_by, resolved_labels
+from alkit.storage.classes import class_names, class_rows
+from alkit.storage.images import count_images_by
+from alkit.storage.labels import resolved_labels
 from alkit.storage.schema import ACTIVE_ROUND_STATUSES, Split, images
 from alkit.storage.summary import labelled_image_splits, rounds_with_sizes, specs_with_counts
 from alkit.workflows.current_posterior import current_posterior_row

@@ -15,7 +15,7 @@ import numpy as np
 from alkit.arrays import l2_normalise
 from alkit.embedding.spec import OPEN_CLIP_KIND
 from alkit.project import Project
-from alkit.storage.pool import class_rows
+from alkit.storage.classes import class_rows
 from alkit.storage.spec_files import (
     PROJECTIONS_LAYOUT,
     TextFeatures,
