@@ -15,6 +15,12 @@ workflow writes them (float16 shards + rows).
 
     python -m benchmarks.select_bench --n 1000000          # the full-size table (idle machine)
     python -m benchmarks.select_bench --n 100000 --force   # smaller, under load
+    python -m benchmarks.select_bench --n 200000 --strategies entropy,bald --ray-workers 1,2 --force
+
+`--ray-workers 1,2` also times every strategy with `--engine ray --workers W` for each W, on
+one local Ray cluster started by this script before those runs (`--address` passed, so the
+cluster start is not in the figures; each run still starts its W actors, which import alkit
+and torch). Each run claims its 100 images, so later runs see a pool smaller by 100s.
 
 The load average is printed before and after; above `--max-load` (default 1.0) the script
 refuses to run unless `--force`, and a run whose load rose above it is flagged.
@@ -94,8 +100,8 @@ def like_path(directory: Path) -> Path:
     return (directory / "example.png").resolve()
 
 
-def run_cli(directory: Path, *args: str) -> tuple[float, float, str]:
-    """(wall s, peak RSS GB, stdout) of one `alkit` process."""
+def run_cli(directory: Path, *args: str, stderr: list | None = None) -> tuple[float, float, str]:
+    """(wall s, peak RSS GB, stdout) of one `alkit` process (its stderr appended to `stderr`)."""
     command = [str(Path(sys.executable).with_name("alkit")), "--project", str(directory), *args]
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -105,7 +111,33 @@ def run_cli(directory: Path, *args: str) -> tuple[float, float, str]:
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         raise SystemExit(f"{' '.join(args)} failed ({process.returncode}): {err[-2000:]}")
+    if stderr is not None:
+        stderr.append(err)
     return wall, usage.ru_maxrss / 1024**2, out
+
+
+def ray_rows(project_dir: Path, workers: list[int], strategies: list[str], samples: int) -> list[tuple[str, float, float]]:
+    """`alkit select --engine ray --workers W` per W and strategy (not EPIG's --like run), on one
+    local Ray cluster started here; peak RSS is the driver's (the actors' is not counted)."""
+    import ray
+
+    ray.init(num_cpus=max(workers), include_dashboard=False, log_to_driver=False)
+    address = ray.get_runtime_context().gcs_address
+    rows = []
+    try:
+        for count in workers:
+            for strategy in (s for s in strategies if s != "epig"):
+                err: list[str] = []
+                wall, rss, _ = run_cli(project_dir, "select", "--budget", "100", "--strategy", strategy, "--samples", str(samples),
+                                       "--engine", "ray", "--workers", str(count), "--address", address, "--json", stderr=err)
+                shard = next((line.split("slowest shard ")[1].split(" s")[0] for line in err[0].splitlines()
+                              if "slowest shard" in line), "?")
+                rows.append((f"alkit select --budget 100 --strategy {strategy} --engine ray --workers {count} "
+                             f"(slowest shard {shard} s of it)", wall, rss))
+                print(f"  {rows[-1][0]}: {wall:.2f} s, driver peak RSS {rss:.2f} GB", flush=True)
+    finally:
+        ray.shutdown()
+    return rows
 
 
 def main() -> None:
@@ -117,6 +149,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--candidates", type=int, default=10_000)
     parser.add_argument("--strategies", default="entropy,margin,bald,bald_analytic,epig")
+    parser.add_argument("--ray-workers", default="", help="comma-separated actor counts: also time --engine ray with each")
     parser.add_argument("--keep", type=Path, default=None, help="build the project here and keep it (default: a temp dir)")
     parser.add_argument("--max-load", type=float, default=1.0)
     parser.add_argument("--force", action="store_true", help="run even above --max-load")
@@ -154,6 +187,8 @@ def main() -> None:
             rows.append((f"alkit select --budget 100 --strategy {strategy}" + (f" (S={args.samples})" if strategy in ("bald", "epig") else "")
                          + (f", {args.candidates} candidates" if strategy == "epig" else ""), wall, rss))
             print(f"  {rows[-1][0]}: {wall:.2f} s, peak RSS {rss:.2f} GB", flush=True)
+        if args.ray_workers:
+            rows += ray_rows(project_dir, [int(w) for w in args.ray_workers.split(",")], args.strategies.split(","), args.samples)
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)

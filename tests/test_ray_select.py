@@ -10,9 +10,8 @@ import ray  # the `test` extra installs ray[data]; a missing ray is a failure, n
 
 CASES = [  # (strategy, batch mode, near-duplicate threshold)
     ("margin", "top", None), ("margin", "power", None), ("margin", "softmax", None), ("margin", "softrank", None),
-    ("entropy", "power", None), ("bald", "power", None), ("bald_analytic", "top", None),
+    ("entropy", "power", None), ("bald", "power", None),
     ("bald", "softmax", 0.3),  # near-duplicate suppression drops many draws (growth: test_acquisition_sharded)
-    ("margin", "softrank", 0.3),
 ]
 
 
@@ -54,7 +53,7 @@ def test_ray_engine_selects_the_local_engines_batch(local_ray, fitted):
         case = (strategy, mode, threshold)
         assert [i.image_id for i in on_ray.items] == [i.image_id for i in local.items], case
         assert [i.score for i in on_ray.items] == pytest.approx([i.score for i in local.items], rel=1e-6), case
-        assert len(on_ray.items) == 6 and "scored on Ray: 2 actors, one shard each" in on_ray.notes, case
+        assert len(on_ray.items) == 6 and any(n.startswith("scored on Ray: 2 actors, one shard each") for n in on_ray.notes), case
 
 
 def test_cli_engine_ray_and_batchbald_refused(local_ray, fitted, cli):

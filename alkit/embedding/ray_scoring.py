@@ -14,6 +14,7 @@ the actors for more while it leaves fewer than B. The result equals the local en
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -34,17 +35,21 @@ class ShardScorer:
         self.ids = np.zeros(0, dtype=np.int64)
         self.scores = np.zeros(0, dtype=np.float64)
 
-    def score(self, ids: np.ndarray, scoring) -> np.ndarray:
-        """Score the shard `ids` (ascending) with `scoring`; returns the ids whose score is not finite."""
+    def score(self, ids: np.ndarray, scoring) -> tuple[np.ndarray, float]:
+        """Score the shard `ids` (ascending) with `scoring`; returns (the ids whose score is not
+        finite, seconds spent loading and scoring)."""
+        import time
+
         from alkit.acquisition.pipeline import non_finite_ids
         from alkit.storage.vectors import load_vectors
 
         def features(chunk_ids: np.ndarray) -> np.ndarray:
             return load_vectors(self.project, self.spec_id, chunk_ids, kind=self.kind)[1]
 
+        started = time.perf_counter()
         self.ids = np.asarray(ids, dtype=np.int64)
         self.scores = scoring.score(features, self.ids) if len(self.ids) else np.zeros(0)
-        return non_finite_ids(self.scores, self.ids)
+        return non_finite_ids(self.scores, self.ids), time.perf_counter() - started
 
     def draw_order(self, count: int, mode: str, seed: int, beta: float) -> tuple[np.ndarray, np.ndarray]:
         """(ids, scores) of the shard's first `count` items in the global draw order."""
@@ -52,6 +57,14 @@ class ShardScorer:
 
         positions = shard_draw_order(self.scores, self.ids, count, mode, seed, beta)
         return self.ids[positions], self.scores[positions]
+
+
+@dataclass(frozen=True)
+class RayScoringStats:
+    """How a Ray scoring run went: actors used and each one's load + score seconds."""
+
+    actors: int
+    shard_seconds: list[float]
 
 
 def shard_bounds(num_items: int, shards: int, chunk_size: int) -> list[tuple[int, int]]:
@@ -64,10 +77,10 @@ def shard_bounds(num_items: int, shards: int, chunk_size: int) -> list[tuple[int
 
 def select_on_ray(project_root: Path, spec_id: int, kind: str, candidate_ids: np.ndarray, scoring, workers: int,
                   choose: Callable, address: str | None = None):
-    """Score `candidate_ids` (ascending) on `workers` actors and return `choose(shard_orders,
-    bad_ids)`: `shard_orders(count)` gives every actor's first `count` (ids, scores) in draw
-    order (mode, seed and beta are bound by `choose`'s caller through `shard_orders`' closure
-    arguments), `bad_ids` the ids whose score is not finite. Actors are ended on return."""
+    """Score `candidate_ids` (ascending) on `workers` actors (fewer when there are fewer chunks)
+    and return (`choose(shard_orders, bad_ids)`, `RayScoringStats`): `shard_orders(count, mode,
+    seed, beta)` gives every actor's first `count` (ids, scores) in that mode's draw order,
+    `bad_ids` the ids whose score is not finite. Actors are ended on return."""
     from alkit.embedding.ray_engine import _ensure_ray
 
     ray = _ensure_ray(address)
@@ -76,12 +89,13 @@ def select_on_ray(project_root: Path, spec_id: int, kind: str, candidate_ids: np
     actors = [actor_class.remote(str(project_root), int(spec_id), kind) for _ in bounds]
     try:
         shared = ray.put(scoring)  # the posterior and its samples, once for all actors
-        bad = ray.get([a.score.remote(candidate_ids[start:stop], shared) for a, (start, stop) in zip(actors, bounds)])
+        scored = ray.get([a.score.remote(candidate_ids[start:stop], shared) for a, (start, stop) in zip(actors, bounds)])
+        bad = np.concatenate([ids for ids, _ in scored]) if scored else np.zeros(0, dtype=np.int64)
 
         def shard_orders(count: int, mode: str, seed: int, beta: float):
             return ray.get([a.draw_order.remote(count, mode, seed, beta) for a in actors])
 
-        return choose(shard_orders, np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64))
+        return choose(shard_orders, bad), RayScoringStats(len(actors), [seconds for _, seconds in scored])
     except ray.exceptions.RayTaskError as failure:  # an alkit error in an actor: the same error here
         from alkit.errors import AlkitError
 

@@ -244,9 +244,10 @@ def _select_on_ray(project, context, posterior, candidate_ids: np.ndarray, setti
                                   mode, seed, beta, settings.dedup_threshold, rows_of_ids)
 
     scoring = _pool_scoring(project, context, posterior, candidate_ids, settings)
-    chosen = select_on_ray(project.directory, context.spec.id, _feature_kind(posterior), candidate_ids, scoring,
-                           settings.workers, choose, settings.address)
-    notes.append(f"scored on Ray: {settings.workers} actors, one shard each")
+    chosen, stats = select_on_ray(project.directory, context.spec.id, _feature_kind(posterior), candidate_ids, scoring,
+                                  settings.workers, choose, settings.address)
+    notes.append(f"scored on Ray: {stats.actors} actors, one shard each; slowest shard "
+                 f"{max(stats.shard_seconds, default=0.0):.2f} s to load and score")
     _note_short_batch(len(chosen[0]), settings, notes)
     return chosen
 
