@@ -50,7 +50,7 @@ def calibrated():
 def test_temperature_lowers_held_out_nll_and_ece_of_an_over_confident_head(calibrated, kind):
     posterior = calibrated[kind]
     xt, yt = noisy_classes(2000, 1)
-    raw = replace(posterior, temperature=1.0).predict(xt)
+    raw = replace(posterior, temperature=1.0, variance_scale=1.0).predict(xt)
     tempered = posterior.predict(xt)
     assert posterior.temperature < 0.8  # over-confident: the calibrated logits are flattened
     assert nll(tempered, yt) < nll(raw, yt) - 0.02
@@ -64,11 +64,11 @@ def test_temperature_lowers_held_out_nll_and_ece_of_an_over_confident_head(calib
 def test_calibration_applies_to_predictive_moments_not_to_shared_samples(calibrated, kind):
     posterior = calibrated[kind]
     xt, _ = noisy_classes(50, 2)
-    untempered = replace(posterior, temperature=1.0)
+    untempered = replace(posterior, temperature=1.0, variance_scale=1.0)
     mean, var = posterior.logit_moments(xt)
     mean1, var1 = untempered.logit_moments(xt)
     np.testing.assert_allclose(mean, posterior.temperature * mean1, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(var, posterior.temperature**2 * var1, rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(var, posterior.temperature**2 * posterior.variance_scale * var1, rtol=1e-5, atol=1e-8)
     draws = posterior.sample_weights(6, seed=3)
     np.testing.assert_array_equal(posterior.sample_probs(draws, xt), untempered.sample_probs(draws, xt))
 
@@ -77,7 +77,7 @@ def test_calibration_applies_to_predictive_moments_not_to_shared_samples(calibra
 def test_no_temperature_below_twenty_labels(kind):
     x, y = noisy_classes(19, 0)
     posterior = OVERFIT[kind](x, y)
-    assert posterior.temperature == 1.0
+    assert posterior.temperature == posterior.variance_scale == 1.0
     assert posterior.provenance.settings["calibration"] == "none (too few labels)"
 
 
@@ -87,6 +87,7 @@ def test_save_load_keeps_the_temperature_exactly(calibrated, kind, tmp_path):
     save_posterior(posterior, tmp_path / kind)
     loaded = load_posterior(tmp_path / kind)
     assert loaded.temperature == posterior.temperature != 1.0
+    assert loaded.variance_scale == posterior.variance_scale != 1.0
     xt, _ = noisy_classes(40, 3)
     np.testing.assert_array_equal(loaded.predict(xt), posterior.predict(xt))
 

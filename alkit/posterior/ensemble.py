@@ -28,12 +28,13 @@ Samples: member s of `sample_weights(S, seed)` is member `cycle_members(M, S, se
 seeded permutation of the M members, repeated in order when S > M (BALD and EPIG of repeated
 members equal those of the M members themselves), the first S when S < M.
 
-Calibration: the predictive is mean_m softmax(T W_m [x; 1]) with T fitted by 5-fold
-cross-validated NLL (`trained_heads.fit_temperature`; 20+ labels, else T = 1): each fold refits
+Calibration: the predictive is mean_m softmax(T (fbar + sqrt(tau) (f_m - fbar))), f_m = W_m [x; 1]
+and fbar their mean, with T and tau fitted by 5-fold cross-validated NLL
+(`trained_heads.fit_calibration`; 20+ labels, else T = tau = 1): each fold refits
 the M members on the other folds (same lam and anchors; L-BFGS started at the full-data members,
 which changes only the iterations, not the optimum, the objective being strictly convex) and
-predicts the held-out fold. Measured on mnist_lt without it: ECE 0.08-0.20 (the mixture of
-members fitted to the same labels is over-confident).
+predicts the held-out fold. Measured on mnist_lt without it: ECE 0.08-0.20, the mixture too
+flat (T > 1 and tau < 1 chosen: members disagree more than their held-out errors warrant).
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ from alkit.errors import InputError
 from alkit.posterior.base import FeatureKind, PosteriorProvenance
 from alkit.posterior.head_inputs import HeadSamples, head_inputs, prepare_head_inputs
 from alkit.posterior.trained_heads import (
-    CalibrationSettings, cycle_members, fit_temperature, member_moments, softmax, standardisation_state, tempered_member_probs,
+    CalibrationSettings, calibrated_member_logits, calibrated_member_probs, cycle_members, fit_calibration, member_moments,
+    softmax, standardisation_state,
 )
 
 KIND = "ensemble"
@@ -81,6 +83,7 @@ class EnsemblePosterior:
     input_mean: np.ndarray | None = None
     input_scale: float = 1.0
     temperature: float = 1.0  # T: the predictive's logits are T f (cross-validated; see the module docstring)
+    variance_scale: float = 1.0  # tau: the members' spread around their mean is scaled by sqrt(tau) in the predictive
     kind: str = field(default=KIND, init=False)
     feature_kind: ClassVar[FeatureKind] = FeatureKind.EMBEDDING
     fast_sample_logits: ClassVar[bool] = True
@@ -110,12 +113,17 @@ class EnsemblePosterior:
         return logits.reshape(-1, members, num_classes).transpose(1, 0, 2)
 
     def logit_moments(self, x) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and variance over the members of the calibrated logits T f_m `(N, K), (N, K)`."""
-        return member_moments(self.temperature * self.member_logits(x))
+        """Mean and variance over the members of the calibrated logits `(N, K), (N, K)`:
+        T fbar and T^2 tau Var_m f_m."""
+        return member_moments(self.calibrated_logits(x))
+
+    def calibrated_logits(self, x) -> np.ndarray:
+        """T (fbar + sqrt(tau) (f_m - fbar)) per member `(M, N, K)` (`trained_heads.calibrated_member_logits`)."""
+        return calibrated_member_logits(self.member_logits(x), self.temperature, self.variance_scale)
 
     def predict(self, x) -> np.ndarray:
-        """The calibrated ensemble predictive: the mean of the members' softmax(T f_m) `(N, K)`."""
-        return softmax(self.temperature * self.member_logits(x)).mean(axis=0)
+        """The calibrated ensemble predictive: the mean of the members' calibrated softmax `(N, K)`."""
+        return softmax(self.calibrated_logits(x)).mean(axis=0)
 
     def map_predict(self, x) -> np.ndarray:
         """softmax of the averaged head (the point model closest to the ensemble)."""
@@ -124,10 +132,10 @@ class EnsemblePosterior:
     def sample_weights(self, num_samples: int, seed: int) -> HeadSamples:
         """S members (see the module docstring: a seeded cycle over the M members).
 
-        Untempered, as the Laplace head's samples: T is one number fitted for the NLL of the
-        predictive (it folds over-fitting and label noise into one correction), while BALD and
-        EPIG rank by the members' own disagreement; tempering the members with T < 1 would shrink
-        that disagreement towards the Monte Carlo noise of S samples. `predict` / `logit_moments`
+        Uncalibrated, as the Laplace head's samples: T and tau are two numbers fitted for the
+        NLL of the predictive (they fold over-fitting and label noise into one correction), while
+        BALD and EPIG rank by the members' own disagreement; scaling the members by tau (down to
+        1e-3) or T < 1 would shrink that disagreement towards the Monte Carlo noise of S samples. `predict` / `logit_moments`
         are the calibrated predictive (what `entropy` and `alkit eval` use)."""
         return HeadSamples(self.weights[cycle_members(self.num_members, num_samples, seed)].astype(np.float32), seed)
 
@@ -150,13 +158,14 @@ class EnsemblePosterior:
     def to_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         arrays, header = standardisation_state(self.input_mean, self.input_scale)
         arrays.update(weights=self.weights, member_precisions=self.member_precisions)
-        return arrays, {**header, "temperature": float(self.temperature)}
+        return arrays, {**header, "temperature": float(self.temperature), "variance_scale": float(self.variance_scale)}
 
     @classmethod
     def from_state(cls, arrays, header, provenance, classes, embedding_spec_key) -> "EnsemblePosterior":
         return cls(
             arrays["weights"], arrays["member_precisions"], provenance, tuple(classes), embedding_spec_key,
             arrays.get("input_mean"), float(header.get("input_scale", 1.0)), float(header.get("temperature", 1.0)),
+            float(header.get("variance_scale", 1.0)),
         )
 
 
@@ -317,7 +326,7 @@ def fit_ensemble(
             logits = inputs.xa[held] @ fold.reshape(-1, fold.shape[2]).T  # (n, M*K)
             return (logits.reshape(-1, settings.members, num_classes),)
 
-        report.update(fit_temperature(inputs.labels, settings.calibration, seed, held_out_logits, tempered_member_probs))
+        report.update(fit_calibration(inputs.labels, settings.calibration, seed, held_out_logits, calibrated_member_probs))
     else:
         weights = anchors
     source = f"{count} labelled embeddings, {settings.members} anchored linear heads" + (
@@ -329,5 +338,5 @@ def fit_ensemble(
     )
     return EnsemblePosterior(
         weights, precisions, provenance, inputs.classes, embedding_spec_key, inputs.input_mean, inputs.input_scale,
-        float(report.get("temperature", 1.0)),
+        float(report.get("temperature", 1.0)), float(report.get("variance_scale", 1.0)),
     )

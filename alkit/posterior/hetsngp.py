@@ -26,12 +26,12 @@ mean-field softmax-Gaussian approximation SNGP uses (Lu et al. 2020):
 p_s = softmax(f_s / sqrt(1 + pi/8 sigma(x)^2)). The noise is aleatoric, so it belongs inside
 each sample's likelihood (BALD's expected entropy), not between samples; marginalising it by
 Monte Carlo instead (16 draws per sample) made BALD over 20,000 x 64 samples take 15 s.
-`logit_moments`: mean T f_MAP, variance T^2 (phi^T P^-1 phi + sigma(x)^2); `predict` is the
-probit predictive of those moments. T, the predictive's temperature, is fitted by 5-fold
-cross-validated NLL (`trained_heads.fit_temperature`; 20+ labels, else T = 1): trunk, noise and
-GP layer are retrained from scratch (same seed and settings) on the other folds, and T scales
-the held-out logits f + sigma eps as a whole. The shared samples stay untempered (as the
-Laplace head's; see `sample_weights`).
+`logit_moments`: mean T f_MAP, variance T^2 tau (phi^T P^-1 phi + sigma(x)^2); `predict` is the
+probit predictive of those moments (the Laplace head's calibrated form). T and tau are fitted
+by 5-fold cross-validated NLL (`trained_heads.fit_calibration`; 20+ labels, else 1): trunk,
+noise and GP layer are retrained from scratch (same seed and settings) on the other folds, which
+predict the held-out one. The shared samples stay uncalibrated (as the Laplace head's; see
+`sample_weights`).
 
 What sigma(x) does not do here: carry label noise. Mean-field, E_eps softmax(f + sigma eps) is
 softmax(f / sqrt(1 + pi/8 sigma^2)), a local temperature, and the GP mean f is as free locally as
@@ -54,9 +54,10 @@ import numpy as np
 from alkit.errors import InputError
 from alkit.posterior.base import FeatureKind, PosteriorProvenance
 from alkit.posterior.head_inputs import HeadInputs, head_inputs, prepare_head_inputs
+from alkit.posterior.predictive_calibration import calibrated_probs
 from alkit.posterior.probcosine import probit_softmax
 from alkit.posterior.threads import one_thread
-from alkit.posterior.trained_heads import CalibrationSettings, fit_temperature, softmax, standardisation_state
+from alkit.posterior.trained_heads import CalibrationSettings, fit_calibration, softmax, standardisation_state
 
 KIND = "hetsngp"
 
@@ -107,6 +108,7 @@ class HetSNGPPosterior:
     input_mean: np.ndarray | None = None
     input_scale: float = 1.0
     temperature: float = 1.0  # T: the predictive's logits are T (f + sigma eps) (cross-validated)
+    variance_scale: float = 1.0  # tau: the predictive's logit variance is scaled by tau (cross-validated)
     kind: str = field(default=KIND, init=False)
     feature_kind: ClassVar[FeatureKind] = FeatureKind.EMBEDDING
     fast_sample_logits: ClassVar[bool] = True
@@ -137,12 +139,14 @@ class HetSNGPPosterior:
         return (solved**2).sum(axis=0)
 
     def logit_moments(self, x) -> tuple[np.ndarray, np.ndarray]:
-        """Calibrated mean T f_MAP `(N, K)`; variance T^2 (GP part + sigma(x)^2) `(N, K)`."""
+        """Calibrated mean T f_MAP `(N, K)`; variance T^2 tau (GP part + sigma(x)^2) `(N, K)`."""
         prior, phi, sigma = self.features(x)
         scale = self.temperature
-        return scale * (prior + phi @ self.output_weights.T), scale**2 * (self.gp_variance(phi)[:, None] + sigma**2)
+        variance = self.gp_variance(phi)[:, None] + sigma**2
+        return scale * (prior + phi @ self.output_weights.T), (scale**2 * self.variance_scale) * variance
 
     def predict(self, x) -> np.ndarray:
+        """Probit predictive of the calibrated moments `(N, K)`."""
         return probit_softmax(*self.logit_moments(x))
 
     def map_predict(self, x) -> np.ndarray:
@@ -151,7 +155,7 @@ class HetSNGPPosterior:
 
     def sample_weights(self, num_samples: int, seed: int) -> GPSamples:
         """S draws of B from N(B_MAP, P^-1) (rows independent, shared covariance).
-        Untempered, for the reason the ensemble's members are (`EnsemblePosterior.sample_weights`):
+        Uncalibrated, for the reason the ensemble's members are (`EnsemblePosterior.sample_weights`):
         BALD / EPIG rank by the GP's own spread; `predict` is the calibrated predictive."""
         from scipy.linalg import solve_triangular
 
@@ -190,13 +194,14 @@ class HetSNGPPosterior:
     def to_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         arrays, header = standardisation_state(self.input_mean, self.input_scale)
         arrays.update({name: getattr(self, name) for name in self.ARRAYS})
-        return arrays, {**header, "temperature": float(self.temperature)}
+        return arrays, {**header, "temperature": float(self.temperature), "variance_scale": float(self.variance_scale)}
 
     @classmethod
     def from_state(cls, arrays, header, provenance, classes, embedding_spec_key) -> "HetSNGPPosterior":
         return cls(
             *(arrays[name] for name in cls.ARRAYS), provenance, tuple(classes), embedding_spec_key,
             arrays.get("input_mean"), float(header.get("input_scale", 1.0)), float(header.get("temperature", 1.0)),
+            float(header.get("variance_scale", 1.0)),
         )
 
 
@@ -256,9 +261,9 @@ def _fit_hetsngp(
         fold, _ = _train(replace(inputs, xa=inputs.xa[train], labels=inputs.labels[train]), num_classes, settings, seed)
         return fold.logit_moments(x_raw[held])
 
-    calibration = fit_temperature(
+    calibration = fit_calibration(
         inputs.labels, settings.calibration, seed, held_out_moments,
-        lambda moments, temperature: probit_softmax(temperature * moments[0], temperature**2 * moments[1]),
+        lambda moments, temperature, scale: calibrated_probs(moments[0], moments[1], temperature, scale),
     )
     prior_rows, phi_rows, sigma_rows = posterior.features(x_raw)
     report = {
@@ -271,7 +276,10 @@ def _fit_hetsngp(
         " + class-prompt prior mean" if class_text is not None else ""
     )
     provenance = PosteriorProvenance(KIND, source, int(count), parent_version, {**settings.as_dict(), **report})
-    return replace(posterior, provenance=provenance, embedding_spec_key=embedding_spec_key, temperature=float(calibration["temperature"]))
+    return replace(
+        posterior, provenance=provenance, embedding_spec_key=embedding_spec_key,
+        temperature=float(calibration["temperature"]), variance_scale=float(calibration["variance_scale"]),
+    )
 
 
 def _train(inputs: HeadInputs, num_classes: int, settings: HetSNGPSettings, seed: int) -> tuple[HetSNGPPosterior, float]:

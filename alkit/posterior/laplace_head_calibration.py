@@ -10,10 +10,10 @@ import numpy as np
 
 from alkit.posterior.kronecker import Damping, EigenFactors, eigendecompose
 from alkit.posterior.laplace_head_fit import LaplaceHeadSettings, fit_map_head, head_factors
-from alkit.posterior.predictive_calibration import TEMPERATURE_BOUNDS, cross_validated_calibration
-from alkit.posterior.probcosine import probit_softmax
+from alkit.posterior.predictive_calibration import (
+    TEMPERATURE_BOUNDS, VARIANCE_SCALE_BOUNDS, calibrated_probs, cross_validated_calibration,
+)
 
-VARIANCE_SCALE_BOUNDS = (1e-3, 10.0)
 
 
 def centred_logit_moments(
@@ -24,11 +24,6 @@ def centred_logit_moments(
     coefficients = eigen.output_coefficients(xa, 1.0, prior_precision, damping)  # (N, K_eig)
     centred = eigen.b_vecs - eigen.b_vecs.mean(axis=0, keepdims=True)
     return xa @ weights.T, coefficients @ (centred**2).T
-
-
-def calibrated_probs(mean: np.ndarray, var: np.ndarray, temperature: float, variance_scale: float) -> np.ndarray:
-    """Probit predictive of the calibrated logits T f, f ~ N(mean, tau var)."""
-    return probit_softmax(temperature * mean, temperature**2 * variance_scale * var)
 
 
 def calibrate_head(

@@ -21,8 +21,9 @@ and the mean pairwise symmetric KL on the training inputs are recorded in the pr
 `subnetworks_collapsed` is True when the KL is below 1e-4 (the subnetworks then give no
 epistemic signal; fit with more members or fewer steps).
 
-Calibration: the predictive is mean_m softmax(T f_m) with T fitted by 5-fold cross-validated
-NLL (`trained_heads.fit_temperature`; 20+ labels, else T = 1): the network is retrained from
+Calibration: the predictive is mean_m softmax(T (fbar + sqrt(tau) (f_m - fbar))) with T and tau
+fitted by 5-fold cross-validated NLL (`trained_heads.fit_calibration`; 20+ labels, else
+T = tau = 1): the network is retrained from
 scratch (same seed and settings) on the other folds and predicts the held-out one; a warm start
 from the full-data network would have seen the held-out labels. This costs K more trainings.
 """
@@ -39,7 +40,8 @@ from alkit.posterior.base import FeatureKind, PosteriorProvenance
 from alkit.posterior.head_inputs import HeadInputs, head_inputs, prepare_head_inputs
 from alkit.posterior.threads import one_thread
 from alkit.posterior.trained_heads import (
-    CalibrationSettings, cycle_members, fit_temperature, member_moments, softmax, standardisation_state, tempered_member_probs,
+    CalibrationSettings, calibrated_member_logits, calibrated_member_probs, cycle_members, fit_calibration, member_moments,
+    softmax, standardisation_state,
 )
 
 KIND = "mimo"
@@ -84,6 +86,7 @@ class MimoPosterior:
     input_mean: np.ndarray | None = None
     input_scale: float = 1.0
     temperature: float = 1.0  # T: the predictive's logits are T f (cross-validated; see the module docstring)
+    variance_scale: float = 1.0  # tau: the members' spread around their mean is scaled by sqrt(tau) in the predictive
     kind: str = field(default=KIND, init=False)
     feature_kind: ClassVar[FeatureKind] = FeatureKind.EMBEDDING
     fast_sample_logits: ClassVar[bool] = True
@@ -121,12 +124,16 @@ class MimoPosterior:
         return _forward(_torch_params(self), inputs).numpy()
 
     def logit_moments(self, x) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and variance over the subnetworks of the calibrated logits T f_m `(N, K), (N, K)`."""
-        return member_moments(self.temperature * self.member_logits(x).astype(np.float64))
+        """Mean and variance over the subnetworks of the calibrated logits `(N, K), (N, K)`."""
+        return member_moments(self.calibrated_logits(x))
+
+    def calibrated_logits(self, x) -> np.ndarray:
+        """T (fbar + sqrt(tau) (f_m - fbar)) per subnetwork `(M, N, K)` float64."""
+        return calibrated_member_logits(self.member_logits(x).astype(np.float64), self.temperature, self.variance_scale)
 
     def predict(self, x) -> np.ndarray:
-        """Mean of the subnetworks' softmax(T f_m) `(N, K)` (the calibrated MIMO predictive)."""
-        return softmax(self.temperature * self.member_logits(x).astype(np.float64)).mean(axis=0)
+        """Mean of the subnetworks' calibrated softmax `(N, K)` (the calibrated MIMO predictive)."""
+        return softmax(self.calibrated_logits(x)).mean(axis=0)
 
     def map_predict(self, x) -> np.ndarray:
         """softmax of the subnetworks' mean logits (one point model)."""
@@ -134,7 +141,7 @@ class MimoPosterior:
 
     def sample_weights(self, num_samples: int, seed: int) -> MimoSamples:
         """S subnetworks, a seeded cycle over the M (repeats when S > M; see `cycle_members`).
-        Untempered, for the reason the ensemble's members are (`EnsemblePosterior.sample_weights`):
+        Uncalibrated, for the reason the ensemble's members are (`EnsemblePosterior.sample_weights`):
         BALD / EPIG rank by the subnetworks' own disagreement; `predict` is the calibrated predictive."""
         return MimoSamples(cycle_members(self.num_members, num_samples, seed), seed)
 
@@ -151,7 +158,7 @@ class MimoPosterior:
             hidden_weights=self.hidden_weights, hidden_bias=self.hidden_bias, head_weights=self.head_weights,
             head_bias=self.head_bias, skip_weights=self.skip_weights,
         )
-        return arrays, {**header, "temperature": float(self.temperature)}
+        return arrays, {**header, "temperature": float(self.temperature), "variance_scale": float(self.variance_scale)}
 
     @classmethod
     def from_state(cls, arrays, header, provenance, classes, embedding_spec_key) -> "MimoPosterior":
@@ -159,6 +166,7 @@ class MimoPosterior:
             arrays["hidden_weights"], arrays["hidden_bias"], arrays["head_weights"], arrays["head_bias"],
             arrays["skip_weights"], provenance, tuple(classes), embedding_spec_key, arrays.get("input_mean"),
             float(header.get("input_scale", 1.0)), float(header.get("temperature", 1.0)),
+            float(header.get("variance_scale", 1.0)),
         )
 
 
@@ -230,11 +238,12 @@ def _fit_mimo(
         params = {k: torch.from_numpy(v) for k, v in fold.items()}
         return (_forward(params, [xa[torch.from_numpy(held)]] * members).numpy().astype(np.float64).transpose(1, 0, 2),)
 
-    calibration = fit_temperature(inputs.labels, settings.calibration, seed, held_out_logits, tempered_member_probs)
+    calibration = fit_calibration(inputs.labels, settings.calibration, seed, held_out_logits, calibrated_member_probs)
     posterior = MimoPosterior(
         arrays["U"], arrays["b"], arrays["V"], arrays["c"], arrays["S"],
         PosteriorProvenance(KIND, "", int(count), parent_version, {}),
         inputs.classes, embedding_spec_key, inputs.input_mean, inputs.input_scale, float(calibration["temperature"]),
+        float(calibration["variance_scale"]),
     )
     train_logits = _forward(_torch_params(posterior), [xa] * members).numpy()
     check = diversity(train_logits)

@@ -16,9 +16,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from alkit.posterior.probcosine import probit_softmax
+
 TEMPERATURE_BOUNDS = (0.1, 10.0)  # T multiplies the logits: T < 1 flattens, T > 1 sharpens
+VARIANCE_SCALE_BOUNDS = (1e-3, 10.0)  # tau scales the predictive's logit variance (or the members' spread)
 PROBABILITY_FLOOR = 1e-300  # log of a zero held-out probability stays finite
 SEARCH_TOLERANCES = {"xatol": 1e-3, "fatol": 1e-6}  # Nelder-Mead on the log parameters
+
+
+def calibrated_probs(mean: np.ndarray, var: np.ndarray, temperature: float, variance_scale: float) -> np.ndarray:
+    """Probit predictive of the calibrated logits T f, f ~ N(mean, tau var) `(N, K)`."""
+    return probit_softmax(temperature * mean, temperature**2 * variance_scale * var)
 
 
 @dataclass(frozen=True)
