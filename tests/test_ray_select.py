@@ -65,4 +65,4 @@ def test_cli_engine_ray_and_batchbald_refused(local_ray, fitted, cli):
     local = cli(*args)
     assert [json.loads(l)["id"] for l in on_ray.stdout.splitlines()] == [json.loads(l)["id"] for l in local.stdout.splitlines()]
     refused = cli("select", "--budget", "3", "--strategy", "bald", "--batch-mode", "batchbald", "--engine", "ray")
-    assert refused.exit_code != 0 and "not sharded; use --engine local" in refused.output
+    assert refused.exit_code == 4 and "not sharded; use --engine local" in refused.output
