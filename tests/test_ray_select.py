@@ -66,3 +66,12 @@ def test_cli_engine_ray_and_batchbald_refused(local_ray, fitted, cli):
     assert [json.loads(l)["id"] for l in on_ray.stdout.splitlines()] == [json.loads(l)["id"] for l in local.stdout.splitlines()]
     refused = cli("select", "--budget", "3", "--strategy", "bald", "--batch-mode", "batchbald", "--engine", "ray")
     assert refused.exit_code == 4 and "not sharded; use --engine local" in refused.output
+
+
+def test_more_actors_than_the_clusters_cpus_is_a_clear_error(local_ray, fitted):
+    from alkit.errors import StateError
+    from alkit.workflows.select import SelectSettings, select_round
+
+    settings = SelectSettings(budget=3, strategy="entropy", engine="ray", workers=3, chunk_size=16)  # 5 chunks: 3 shards
+    with pytest.raises(StateError, match="--workers 3 needs 3 CPUs but the Ray cluster has 2; lower --workers"):
+        select_round(fitted(), settings)

@@ -85,6 +85,14 @@ def select_on_ray(project_root: Path, spec_id: int, kind: str, candidate_ids: np
 
     ray = _ensure_ray(address)
     bounds = shard_bounds(len(candidate_ids), workers, scoring.chunk_size)
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if len(bounds) * CPUS_PER_SCORER > cpus:  # the extra actors would wait for a CPU forever
+        from alkit.errors import StateError
+
+        raise StateError(
+            f"--workers {len(bounds)} needs {len(bounds) * CPUS_PER_SCORER} CPUs but the Ray cluster has {cpus:g}; "
+            "lower --workers or add nodes"
+        )
     actor_class = ray.remote(num_cpus=CPUS_PER_SCORER)(ShardScorer)
     actors = [actor_class.remote(str(project_root), int(spec_id), kind) for _ in bounds]
     try:
