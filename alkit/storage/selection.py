@@ -63,4 +63,4 @@ def claim_images(connection: Connection, image_ids: list[int], now) -> int:
 
 def embedded_ids_in_split(project, spec_id: int, split: str) -> np.ndarray:
     """Ids (ascending) of the images of `split` with vectors of spec `spec_id` (e.g. EPIG targets)."""
-    return embedded_image_ids(project, spec_id, images.c.split == split)
+    return embedded_image_ids(project, spec_id, splits=(split,))
