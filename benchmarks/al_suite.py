@@ -54,6 +54,8 @@ ALKIT_METHODS: dict[str, dict] = {
                              hyper=kind.endswith("-hyper"))
        for acq in ("bald-power", "entropy-top") for kind in ("ensemble", "ensemble-hyper", "mimo", "hetsngp")},
 }
+# kinds that cannot fit on class prompts alone: on zero-shot data sets their first round is the cold start too
+NEEDS_LABELS = ("mimo", "hetsngp")
 # First tier: run for every seed before the second tier starts (a time limit cuts the second tier first).
 DEFAULT_METHODS = ("random", "bald-power", "margin-top", "epig-power", "entropy-top", "bald-power/laplace_head")
 EXTRA_METHODS = ("bald-top", "margin-power", "epig-top", "entropy-power", "entropy-top/probvlm")
@@ -158,7 +160,7 @@ def run_alkit(data, method: str, seed: int, rounds: int, budget: int, workdir: P
     fit = FitSettings(posterior=spec.get("posterior"), seed=seed, hyper=spec.get("hyper", False))
     points = []
     try:
-        if data.zero_shot:
+        if data.zero_shot and spec.get("posterior") not in NEEDS_LABELS:
             started = time.perf_counter()
             fit_posterior(project, fit)
             metrics = evaluate(project, "test", record=False).metrics

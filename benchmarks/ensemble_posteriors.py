@@ -10,8 +10,8 @@ Two measurements (issue 20):
    NLL and ECE of the predictive on the known-class test images, and out-of-distribution AUROC
    of BALD (mutual information of the shared samples) and of the predictive entropy for
    telling held-out-class test images from known-class ones. For the trained heads the NLL and
-   ECE are also given with T = 1 (the predictive before its cross-validated temperature), and
-   the fit time includes the K fold refits that choose T.
+   ECE are also given at T = tau = 1 (the predictive before its cross-validated temperature and
+   spread scale), and the fit time includes the K fold refits that choose them.
 
     python -m benchmarks.ensemble_posteriors [--labels 200 1000] [--seeds 2] [--skip-speed]
 """
@@ -99,13 +99,14 @@ def quality(label_counts, seeds, log=print) -> list[dict]:
                 posterior = fit(kind, x, y, len(known), data.pool_x, seed)
                 fit_s = time.perf_counter() - started
                 probs = posterior.predict(data.test_x[test_known])
-                raw = replace(posterior, temperature=1.0).predict(data.test_x[test_known]) if kind != "laplace_head" else None
+                raw = replace(posterior, temperature=1.0, variance_scale=1.0).predict(data.test_x[test_known]) if kind != "laplace_head" else None
                 mi, entropy = bald_and_entropy(posterior, data.test_x, seed=seed)
                 ood = (~test_known).astype(int)
                 row = {
                     "L": count, "seed": seed, "kind": kind, "fit_s": fit_s,
                     "acc": accuracy(probs, test_y[test_known]), "nll": nll(probs, test_y[test_known]),
                     "ece": ece(probs, test_y[test_known])[0], "temperature": float(posterior.temperature),
+                    "variance_scale": float(posterior.variance_scale),
                     "nll_t1": np.nan if raw is None else nll(raw, test_y[test_known]),
                     "ece_t1": np.nan if raw is None else ece(raw, test_y[test_known])[0],
                     "auroc_bald": float(roc_auc_score(ood, mi)), "auroc_entropy": float(roc_auc_score(ood, entropy)),
@@ -113,14 +114,14 @@ def quality(label_counts, seeds, log=print) -> list[dict]:
                 rows.append(row)
                 log(
                     f"mnist_lt L={count} seed={seed} {kind}: acc {row['acc']:.3f} nll {row['nll']:.3f} ece {row['ece']:.3f}"
-                    f" (T {row['temperature']:.3f}; T=1: nll {row['nll_t1']:.3f} ece {row['ece_t1']:.3f})"
+                    f" (T {row['temperature']:.3f} tau {row['variance_scale']:.3g}; T = tau = 1: nll {row['nll_t1']:.3f} ece {row['ece_t1']:.3f})"
                     f" OOD AUROC bald {row['auroc_bald']:.3f} entropy {row['auroc_entropy']:.3f} ({fit_s:.1f} s)"
                 )
     return rows
 
 
 def before(group: list[dict]) -> str:
-    """NLL / ECE of the trained heads' predictive at T = 1 ('-' for the Laplace head, calibrated its own way)."""
+    """NLL / ECE of the trained heads' predictive at T = tau = 1 ('-' for the Laplace head, calibrated its own way)."""
     if np.isnan(group[0]["nll_t1"]):
         return "-"
     return f"{np.mean([r['nll_t1'] for r in group]):.3f} / {np.mean([r['ece_t1'] for r in group]):.3f}"
@@ -128,7 +129,7 @@ def before(group: list[dict]) -> str:
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| L | posterior | seeds | acc | NLL | ECE | T | NLL / ECE at T = 1 | OOD AUROC (BALD) | OOD AUROC (entropy) | fit s |",
+        "| L | posterior | seeds | acc | NLL | ECE | T / tau | NLL / ECE at T = tau = 1 | OOD AUROC (BALD) | OOD AUROC (entropy) | fit s |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for count in sorted({r["L"] for r in rows}):
@@ -139,7 +140,7 @@ def table(rows: list[dict]) -> str:
             mean = lambda key: float(np.mean([r[key] for r in group]))  # noqa: E731
             lines.append(
                 f"| {count} | {kind} | {len(group)} | {mean('acc'):.3f} | {mean('nll'):.3f} | {mean('ece'):.3f} | "
-                f"{mean('temperature'):.2f} | {before(group)} | "
+                f"{mean('temperature'):.2f} / {mean('variance_scale'):.3g} | {before(group)} | "
                 f"{mean('auroc_bald'):.3f} | {mean('auroc_entropy'):.3f} | {mean('fit_s'):.1f} |"
             )
     return "\n".join(lines)
