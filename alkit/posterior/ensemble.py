@@ -33,8 +33,9 @@ and fbar their mean, with T and tau fitted by 5-fold cross-validated NLL
 (`trained_heads.fit_calibration`; 20+ labels, else T = tau = 1): each fold refits
 the M members on the other folds (same lam and anchors; L-BFGS started at the full-data members,
 which changes only the iterations, not the optimum, the objective being strictly convex) and
-predicts the held-out fold. Measured on mnist_lt without it: ECE 0.08-0.20, the mixture too
-flat (T > 1 and tau < 1 chosen: members disagree more than their held-out errors warrant).
+predicts the held-out fold. Measured on mnist_lt (200-1,000 labels): ECE 0.08-0.20 without
+it, 0.02-0.04 with it; the mixture was too flat (T > 1 and tau < 1 chosen: members disagree
+more than their held-out errors warrant; T alone left ECE at 0.15-0.18 at 200 labels).
 """
 
 from __future__ import annotations

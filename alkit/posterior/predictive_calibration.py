@@ -1,10 +1,11 @@
 """Cross-validated calibration of a predictive: a few positive numbers (a temperature T, a
 covariance scale tau) chosen by the NLL of held-out predictions of fold refits.
 
-One function serves every head on embeddings (Laplace head: T and tau; ensemble, MIMO,
-HetSNGP: T): the labels are split into K seeded folds, the head is refitted on the other K - 1
-folds and predicts the held-out fold, and the parameters minimise the mean held-out NLL of the
-calibrated predictive (Nelder-Mead on their logs, started at 1, clipped to bounds). Fitting on
+One function serves every head on embeddings (Laplace head, ensemble, MIMO, HetSNGP: T and
+tau; see `laplace_head_calibration` and `trained_heads.fit_calibration`): the labels are split
+into K seeded folds, the head is refitted on the other K - 1 folds and predicts the held-out
+fold, and the parameters minimise the mean held-out NLL of the calibrated predictive
+(Nelder-Mead on their logs, started at 1, clipped to bounds). Fitting on
 the training labels themselves would not do: a head that overfits is confident on exactly
 those labels, so its training NLL asks for no correction.
 """
