@@ -40,7 +40,7 @@ def tail_logits(visual, weights, roles, tokens, class_text, logit_scale: float):
     swapped = tuple(replace(w, roles=r) for w, r in zip(weights, roles))
     embedding = propagate_tail(visual, tokens, None, num_blocks=len(weights), weights=swapped).embedding_mean
     unit = embedding / embedding.norm(dim=-1, keepdim=True)
-    return logit_scale * unit @ torch.as_tensor(class_text, dtype=unit.dtype).T
+    return logit_scale * unit @ torch.as_tensor(class_text).to(unit).T
 
 
 def diagonal_ggn(visual, tokens, class_text, logit_scale: float, num_blocks: int) -> list[dict]:
@@ -59,7 +59,7 @@ def diagonal_ggn(visual, tokens, class_text, logit_scale: float, num_blocks: int
 
         logits, pull = vjp(logits_of, roles)
         probs = torch.softmax(logits.detach(), dim=-1)
-        eye = torch.eye(probs.shape[0], dtype=probs.dtype)
+        eye = torch.eye(probs.shape[0], dtype=probs.dtype, device=probs.device)
         cotangents = probs.sqrt()[:, None] * (eye - probs[None, :])  # row k: c_k
         for lo in range(0, cotangents.shape[0], CLASS_CHUNK):
             (grads,) = vmap(pull)(cotangents[lo : lo + CLASS_CHUNK])

@@ -86,7 +86,7 @@ def monte_carlo_tail(visual, tokens, posterior: WeightPosterior, num_samples: in
         embedding_stats.add(embedding)
         if class_text is not None:
             unit = embedding / embedding.norm(dim=-1, keepdim=True)
-            logit_stats.add(logit_scale * unit @ class_text.T.to(unit.dtype))
+            logit_stats.add(logit_scale * unit @ torch.as_tensor(class_text).to(unit).T)
     return MonteCarloMoments(
         tuple((s.mean, s.var) for s in block_stats), embedding_stats.mean, embedding_stats.var,
         logit_stats.mean, None if class_text is None else logit_stats.var,
