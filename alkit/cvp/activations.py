@@ -78,11 +78,11 @@ def _moments(mean, var, lam: float):
     tilt = pdf_h / torch.sqrt(one_b)  # E[phi(w)]
     first = m * cdf_h + s * beta * tilt
     excess = _bivariate_excess(h, beta2 / one_b)
-    phi_phi = tilt * _normal_cdf(h_prime)  # E[phi(w) Phi(w)]
     phi_sq = torch.exp(-alpha * alpha / two_b) / (2.0 * math.pi * torch.sqrt(two_b))  # E[phi(w)^2]
     mu_w, s2_w = alpha / one_b, beta2 / one_b  # w under the phi(w)-tilted Gaussian
     w_phi_phi = tilt * (mu_w * _normal_cdf(h_prime) + s2_w * _normal_pdf(h_prime) / torch.sqrt(1.0 + s2_w))
-    # Var = E[x^2 Phi^2] - first^2, arranged so that the O(m^2) parts cancel analytically.
+    # Var = E[x^2 Phi^2] - first^2, arranged so that the O(m^2) parts cancel analytically;
+    # E[phi(w) Phi(w)] = tilt Phi(h') enters through the 2 m s beta term.
     variance = (
         m * m * excess
         + s2 * (cdf_h * cdf_h + excess)
