@@ -6,5 +6,6 @@ layer type), `activations` (moment-matched GELU / QuickGELU), `blocks` (a whole 
 diagonal Gaussian weight posterior and draws from it), `montecarlo` (the reference: open_clip's
 own modules run with weight draws), `laplace` (the posterior's curvature and prior precision),
 `calibration` (variance scales fitted by NLL), `predictive` (logits and the probit predictive
-through BayesVLM's ProbCosine), `bayesvlm_features` (BayesVLM's logits when phi carries CVP's variance). Imports no adapter; the use case is `workflows.cvp_embed`.
+through BayesVLM's ProbCosine), `bayesvlm_features` (BayesVLM's logits when phi carries
+CVP's variance). Imports no adapter; the use case is `workflows.cvp_embed`.
 """
