@@ -9,7 +9,9 @@ c_j(phi) = sum_i (a_i . phi)^2 / E_ij (a_i the input eigenvectors, E the damped 
 eigenvalues), whose expectation is exact: c_j(phi_bar) + sum_i (sum_k v_k a_ik^2) / E_ij.
 Both terms are one `probcosine.GaussianEmbeddings` (the two bases side by side: ProbCosine's
 delta variant only projects onto basis columns), so the cosine moments, centring and probit
-are BayesVLM's own. (E[g] = P_bar phi_bar exactly.)
+are BayesVLM's own. (E[g] = P_bar phi_bar exactly.) `posterior` is an
+`alkit.posterior.bayesvlm.BayesVLMPosterior`, not imported here: that module calls this one
+when its inputs carry phi's variance (no import cycle).
 """
 
 from __future__ import annotations
@@ -17,12 +19,11 @@ from __future__ import annotations
 import numpy as np
 
 from alkit.cvp.predictive import projected_embeddings
-from alkit.posterior.bayesvlm import BayesVLMPosterior
 from alkit.posterior.kfac import with_bias_column
 from alkit.posterior.probcosine import GaussianEmbeddings, cosine_moments, embedding_moments, fixed_embeddings
 
 
-def image_embeddings(posterior: BayesVLMPosterior, phi_mean, phi_var) -> GaussianEmbeddings:
+def image_embeddings(posterior, phi_mean, phi_var) -> GaussianEmbeddings:
     """Moments of g = P phi under the BayesVLM posterior of P and phi ~ N(phi_mean, diag phi_var) `(N, d)`."""
     bias = posterior.factors.bias
     phi = with_bias_column(phi_mean, bias)
@@ -44,7 +45,7 @@ def image_embeddings(posterior: BayesVLMPosterior, phi_mean, phi_var) -> Gaussia
     )
 
 
-def logit_moments(posterior: BayesVLMPosterior, phi_mean, phi_var, centred: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def logit_moments(posterior, phi_mean, phi_var, centred: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Logit mean and variance `(N, K)` against the class prompts, as `BayesVLMPosterior.logit_moments`
     (centred by default: what the probit needs) with phi's variance included."""
     if posterior.text_side is None:

@@ -7,7 +7,7 @@ runs the forward passes; every image comes back to the queue, as vectors or as a
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -27,13 +27,15 @@ def encode_batch(encoder, pixels) -> dict[str, np.ndarray]:
     return arrays
 
 
-def run_local_embed(queue, encoder, batch_size: int, workers: int, max_pixels: int | None, bar: ProgressBar) -> None:
+def run_local_embed(queue, encoder, batch_size: int, workers: int, max_pixels: int | None, bar: ProgressBar,
+                    encode: Callable[[Any, Any], dict[str, np.ndarray]] = encode_batch) -> None:
     """Embed everything `queue` (an `alkit.storage.work_queue.WorkQueue`) hands out, in this
-    process; results go back through `queue.add`, one batch at a time."""
+    process; results go back through `queue.add`, one batch at a time. `encode(encoder, pixels)`
+    gives a batch's arrays (`encode_batch`; with CVP also their variances)."""
     from alkit.embedding.decode import BatchDecoder, batch_loader
 
     decoder = BatchDecoder(encoder.preprocess, encoder.image_size, max_pixels)
     for batch in batch_loader(decoder, queue.items, batch_size, workers):
-        arrays = encode_batch(encoder, batch["pixels"]) if batch["pixels"] is not None else {}
+        arrays = encode(encoder, batch["pixels"]) if batch["pixels"] is not None else {}
         queue.add(batch["ids"].numpy(), arrays, batch["failed"])
         bar.update(len(batch["ids"]) + len(batch["failed"]))

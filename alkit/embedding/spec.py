@@ -6,7 +6,9 @@ model: a hub tag, a local checkpoint file (identified by its content hash) or no
 comparable; embeddings of different keys never mix. fp16/bf16 forward passes are recorded, not
 keyed (they agree with fp32 within the float16 storage); int8 dynamic quantisation changes the
 function (cosine ~0.9998 to fp32, benchmarks/results_embed.md), so it is its own spec
-(`for_precision`): int8 and fp32 vectors of one model never mix.
+(`for_precision`): int8 and fp32 vectors of one model never mix. Vectors embedded with CVP
+over the last k blocks (`alkit embed --cvp-blocks k`, stored with their variances) are their
+own spec too (`for_cvp`): with and without variance, or with different k, never mix.
 """
 
 from __future__ import annotations
@@ -163,11 +165,14 @@ class PlannedSpec:
     key: str
     quantisation: str | None = None
     base_key: str | None = None
+    cvp_blocks: int = 0  # > 0: CVP over the last k vision blocks (`for_cvp`)
+    plain_key: str | None = None  # with cvp_blocks: the key of the same spec without CVP
 
     @property
     def name(self) -> str:
         base = spec_name(self.architecture, self.weights)
-        return base if self.quantisation is None else f"{base}+{self.quantisation}"
+        base = base if self.quantisation is None else f"{base}+{self.quantisation}"
+        return base if not self.cvp_blocks else f"{base}+cvp{self.cvp_blocks}"
 
 
 def quantised_key(base_key: str, quantisation: str) -> str:
@@ -185,9 +190,20 @@ def for_precision(planned: PlannedSpec, precision: str) -> PlannedSpec:
     return replace(planned, key=quantised_key(base, quantisation), quantisation=quantisation, base_key=base)
 
 
+def for_cvp(planned: PlannedSpec, blocks: int) -> PlannedSpec:
+    """The spec an embed run with CVP over the last `blocks` blocks writes (0: `planned`, without
+    CVP); call after `for_precision`."""
+    plain = planned.plain_key or planned.key
+    if blocks <= 0:
+        return replace(planned, key=plain, cvp_blocks=0, plain_key=None)
+    key = hashlib.blake2b(f"{plain}|cvp-blocks={int(blocks)}".encode(), digest_size=16).hexdigest()
+    return replace(planned, key=key, cvp_blocks=int(blocks), plain_key=plain)
+
+
 def planned_from_record(architecture: str, weights: WeightsSource, record: dict, key: str) -> PlannedSpec:
-    """The PlannedSpec of a stored spec (its row's `spec` record and key)."""
-    return PlannedSpec(architecture, weights, record.get("config") or {}, key,
+    """The PlannedSpec of a stored spec (its row's `spec` record and key), without CVP: a CVP
+    spec gives its plain spec (`for_cvp` adds CVP back when asked for)."""
+    return PlannedSpec(architecture, weights, record.get("config") or {}, record.get("cvp_plain_key") or key,
                        record.get("quantisation"), record.get("base_key"))
 
 
@@ -229,6 +245,7 @@ def spec_record(planned: PlannedSpec, encoder, dims, device: str, precision: str
         "storage_dtype": "float16",
         "config": planned.config,
         **({} if planned.quantisation is None else {"quantisation": planned.quantisation, "base_key": planned.base_key}),
+        **({} if not planned.cvp_blocks else {"cvp_blocks": planned.cvp_blocks, "cvp_plain_key": planned.plain_key}),
     }
 
 

@@ -29,6 +29,7 @@ class FeatureKind(StrEnum):
 
     PHI = "phi"  # projection input phi (d): the pooled features that enter open_clip's visual.proj
     EMBEDDING = "embedding"  # the embedding (D), open_clip or imported
+    PHI_WITH_VARIANCE = "phi+phi_var"  # phi and its CVP variance side by side (2d): BayesVLM on a CVP spec
 
 
 @dataclass(frozen=True)

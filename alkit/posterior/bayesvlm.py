@@ -17,6 +17,10 @@ seeds (0.97). Files written before carry no damping field and load as "ritter".
 
 Learning from labels (`refit`, the pseudo-data choice) lives in `bayesvlm_refit.py`.
 
+`phi_variance` (a spec embedded with `alkit embed --cvp-blocks k`): inputs are [phi, phi_var]
+`(N, 2d)`; moments by `alkit.cvp.bayesvlm_features`; draws use phi + sqrt(phi_var) eps_s, one
+eps_s per shared draw (exact marginals), i.e. one more shared projection P_s diag(eps_s).
+
 Projection layout: P is `(D, d)` here (g = P phi, as the BayesVLM paper writes it); the
 embedding spec stores open_clip's `visual.proj`, its transpose `(d, D)` (g = phi @ P), and
 `alkit.workflows.fit_bayesvlm.open_clip_to_bayesvlm` converts.
@@ -53,6 +57,7 @@ PREDICTIVE_SAMPLES = 256
 PREDICTIVE_SEED = 20_240_917
 PREDICTIVE_CHUNK = 1024
 TEXT_SIDE_SEED_OFFSET = 1  # the text projection's draws use seed + this, apart from the image side's
+PHI_NOISE_SEED_OFFSET = 2  # phi's noise draws (phi_variance) use seed + this
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:
@@ -108,9 +113,14 @@ class BayesVLMPosterior:
     embedding_spec_key: str = "unspecified"
     text_side: TextSide | None = None
     damping: str = "eigen"
+    phi_variance: bool = False  # inputs carry phi's CVP variance: [phi, phi_var] (N, 2d)
     kind: str = field(default=KIND, init=False)
     feature_kind: ClassVar[FeatureKind] = FeatureKind.PHI
     fast_sample_logits: ClassVar[bool] = False
+
+    def __post_init__(self):
+        if self.phi_variance:  # this instance reads phi and its variance (the class default stays phi)
+            object.__setattr__(self, "feature_kind", FeatureKind.PHI_WITH_VARIANCE)
 
     @property
     def num_classes(self) -> int:
@@ -207,26 +217,44 @@ class BayesVLMPosterior:
         )
 
     # ------------------------------------------------------------------ predictions
+    def _split(self, x) -> tuple[np.ndarray, np.ndarray | None]:
+        """(phi (N, d) float64, its variance (N, d) or None)."""
+        values = np.asarray(x, dtype=np.float64)
+        d = self.projection.shape[1] - int(self.factors.bias)
+        if self.phi_variance and values.ndim == 2 and values.shape[1] == 2 * d:
+            return values[:, :d], np.clip(values[:, d:], 0.0, None)
+        if values.ndim != 2 or values.shape[1] != d:
+            wide = f" or (N, {2 * d}) with phi's variance" if self.phi_variance else ""
+            raise InputError(f"features have shape {values.shape}; this posterior expects (N, {d}){wide}")
+        return values, None
+
     def _features(self, x) -> np.ndarray:
-        phi = np.asarray(x, dtype=np.float64)
-        if phi.ndim != 2 or phi.shape[1] + int(self.factors.bias) != self.projection.shape[1]:
-            raise InputError(
-                f"features have shape {phi.shape}; this posterior expects (N, {self.projection.shape[1] - int(self.factors.bias)})"
-            )
-        return with_bias_column(phi, self.factors.bias)
+        """phi with its bias column `(N, p)`; with `phi_variance`, [that, sqrt(phi_var), 0] `(N, 2p)`."""
+        phi, var = self._split(x)
+        features = with_bias_column(phi, self.factors.bias)
+        if not self.phi_variance:
+            return features
+        noise_scale = np.zeros_like(features)
+        if var is not None:
+            noise_scale[:, : var.shape[1]] = np.sqrt(var)
+        return np.concatenate([features, noise_scale], axis=1)
 
     def _text_embeddings(self) -> GaussianEmbeddings:
         return fixed_embeddings(self.class_text) if self.text_side is None else self.text_side.embeddings()
 
     def cosine_moments(self, x, covariance: Covariance = "delta", centred: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """E[cos], Var[cos] `(N, K)` by ProbCosine, chunked over N (`centred`: see `cosine_moments`)."""
-        phi = self._features(x)
+        phi, var = self._split(x)
         text = self._text_embeddings()
         means, variances = [], []
         for lo in range(0, phi.shape[0], CHUNK_SIZE):
-            image = embedding_moments(
-                phi[lo : lo + CHUNK_SIZE], self.projection, self.eigen, self.pseudo_data, self.prior_precision, self.damping
-            )
+            if var is None:
+                image = embedding_moments(with_bias_column(phi[lo : lo + CHUNK_SIZE], self.factors.bias), self.projection,
+                                          self.eigen, self.pseudo_data, self.prior_precision, self.damping)
+            else:
+                from alkit.cvp.bayesvlm_features import image_embeddings
+
+                image = image_embeddings(self, phi[lo : lo + CHUNK_SIZE], var[lo : lo + CHUNK_SIZE])
             mean, var = cosine_moments(image, text, covariance, centred)
             means.append(mean)
             variances.append(var)
@@ -261,7 +289,7 @@ class BayesVLMPosterior:
         return probit_softmax(*self.logit_moments(x))
 
     def map_predict(self, x) -> np.ndarray:
-        g = _unit(self._features(x) @ self.projection.T)  # (N, D)
+        g = _unit(with_bias_column(self._split(x)[0], self.factors.bias) @ self.projection.T)  # (N, D)
         text = _unit(self.class_text if self.text_side is None else self._text_embeddings().mean)
         return probit_softmax(self.logit_scale * g @ text.T, np.zeros((g.shape[0], text.shape[0])))
 
@@ -273,6 +301,9 @@ class BayesVLMPosterior:
             q_draws = side.eigen.sample(side.projection, num_samples, seed + TEXT_SIDE_SEED_OFFSET, side.pseudo_data, side.prior_precision, side.damping)
             psi = with_bias_column(side.features, side.factors.bias).astype(np.float32)
             text = np.einsum("kt,sdt->skd", psi, q_draws)  # (S, K, D)
+        if self.phi_variance:  # P_s (phi + sqrt(v) eps_s) = [P_s, P_s diag(eps_s)] [phi, sqrt(v)]
+            eps = np.random.default_rng(seed + PHI_NOISE_SEED_OFFSET).standard_normal((num_samples, projections.shape[2]))
+            projections = np.concatenate([projections, projections * eps[:, None, :].astype(projections.dtype)], axis=2)
         return ProjectionSamples(projections, text, seed)
 
     def sample_logits(self, weights: ProjectionSamples, x) -> np.ndarray:
@@ -311,6 +342,7 @@ class BayesVLMPosterior:
             "factors": _factor_header(self.factors),
             "text_side": None,
             "damping": self.damping,
+            "phi_variance": self.phi_variance,
         }
         if self.text_side is not None:
             side = self.text_side
@@ -346,7 +378,7 @@ class BayesVLMPosterior:
         return cls(
             arrays["projection"], arrays["class_text"], float(header["logit_scale"]), factors, eigen,
             float(header["pseudo_data"]), float(header["prior_precision"]), provenance, tuple(classes),
-            embedding_spec_key, text_side, damping,
+            embedding_spec_key, text_side, damping, bool(header.get("phi_variance", False)),
         )
 
 

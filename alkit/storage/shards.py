@@ -3,6 +3,8 @@
 Layout under `<project>/.alkit/vectors/<spec key>/`:
     00000001.embedding.npy   (n, D) float16, unit-norm image embeddings
     00000001.phi.npy         (n, d) float16, input of the image projection (open_clip specs)
+    00000001.embedding_var.npy, 00000001.phi_var.npy   their diagonal variances (specs embedded
+                             with `--cvp-blocks k`, `alkit.workflows.cvp_embed`; no other spec has them)
     lock                     held (flock) by the one process writing this spec
 (plus the tensor files of `alkit.storage.spec_files`).
 
@@ -40,10 +42,13 @@ from alkit.storage.db import utcnow
 from alkit.storage.inserts import insert_ignoring_conflicts
 from alkit.storage.schema import ImageStatus, embeddings, images
 
-VECTOR_KINDS = ("embedding", "phi")
+VECTOR_KINDS = ("embedding", "phi", "embedding_var", "phi_var")
+VARIANCE_KINDS = {"embedding_var": "embedding", "phi_var": "phi"}  # kind -> the kind it is the variance of
+# kinds read as several stored kinds side by side (columns concatenated): BayesVLM with CVP's phi variance
+COMBINED_KINDS = {"phi+phi_var": ("phi", "phi_var")}
 SHARD_ROWS = 1024  # default images per shard file and per DB transaction
 STORAGE_DTYPE = np.float16  # half the disk and page cache of float32; unit vectors lose ~1e-3
-SHARD_FILE = re.compile(r"^(\d{8})\.(embedding|phi)\.npy$")
+SHARD_FILE = re.compile(r"^(\d{8})\.(embedding|phi|embedding_var|phi_var)\.npy$")
 ADVISORY_NAMESPACE = 0x616C6B  # "alk": first key of alkit's PostgreSQL advisory locks
 STALE_TEMPORARY_SECONDS = 3600.0  # a temporary file this old belongs to a dead writer
 

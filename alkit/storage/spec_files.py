@@ -3,6 +3,8 @@ features (one file per class list), as float32 safetensors written atomically.
 
     projections.safetensors          P (d, D), Q (d_t, D), [P_bias, Q_bias], logit_scale (log s), [logit_bias]
     text-<classes key>.safetensors   text_emb (K, D) unit-norm, [psi (K, d_t)] for one class list
+    cvp.safetensors                  CVP specs only: the weight posterior's variances per block and
+                                     role, its calibration in the metadata (`alkit.workflows.cvp_posterior`)
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 from alkit.atomic import atomic_write
 
 PROJECTIONS_FILE = "projections.safetensors"
+CVP_FILE = "cvp.safetensors"
 PROJECTIONS_LAYOUT = "P (d, D), Q (d_t, D): g = phi @ P"  # recorded in the file's metadata
 
 
@@ -38,6 +41,14 @@ def load_tensors(path: Path) -> dict[str, np.ndarray]:
     from safetensors.numpy import load_file
 
     return load_file(str(path))
+
+
+def load_tensors_with_metadata(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The tensors of `path` and the string metadata saved with them."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as handle:
+        return {name: handle.get_tensor(name) for name in handle.keys()}, dict(handle.metadata() or {})
 
 
 def load_tensors_if_present(path: Path) -> dict[str, np.ndarray]:

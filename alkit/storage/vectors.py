@@ -1,6 +1,10 @@
 """Reading stored vectors: one spec's float16 shards memory-mapped, gathered in the order
 asked for and widened to float32; the database's `embeddings` rows say which rows are
 complete (writing: `alkit.storage.shards`, spec rows: `alkit.storage.specs`).
+
+Kinds: `embedding`, `phi`, and for specs embedded with `--cvp-blocks k` their variances
+`embedding_var`, `phi_var`; `phi+phi_var` reads phi and its variance side by side `(N, 2d)`
+(what a BayesVLM posterior with CVP's phi variance consumes).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from sqlalchemy.engine import Connection
 
 from alkit.errors import IntegrityError, StateError
 from alkit.storage.schema import embeddings, images
-from alkit.storage.shards import VECTOR_KINDS, shard_path
+from alkit.storage.shards import COMBINED_KINDS, VARIANCE_KINDS, VECTOR_KINDS, shard_path
 from alkit.storage.specs import spec_directory, spec_row
 
 DEFAULT_CHUNK_ROWS = 65_536  # rows per `iter_vector_chunks` chunk: 128 MiB of float32 at D = 512
@@ -83,15 +87,38 @@ def _as_float32(stored: np.ndarray) -> np.ndarray:
     return stored.astype(np.float32)
 
 
-def _reader(project, spec_id: int, kind: str) -> tuple[_ShardReader, int]:
-    if kind not in VECTOR_KINDS:
-        raise ValueError(f"kind must be one of {VECTOR_KINDS}, got {kind!r}")
+class _CombinedReader:
+    """Several kinds of one spec read side by side: columns concatenated in the given order."""
+
+    def __init__(self, readers: list[_ShardReader]):
+        self.readers = readers
+
+    def gather(self, shards: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        return np.concatenate([reader.gather(shards, rows) for reader in self.readers], axis=1)
+
+
+def _reader(project, spec_id: int, kind: str) -> tuple[_ShardReader | _CombinedReader, int]:
+    if kind not in VECTOR_KINDS and kind not in COMBINED_KINDS:
+        raise ValueError(f"kind must be one of {VECTOR_KINDS + tuple(COMBINED_KINDS)}, got {kind!r}")
     with project.engine.connect() as connection:
         spec = spec_row(connection, spec_id)
-    dim = spec.dim if kind == "embedding" else spec.phi_dim
-    if dim is None:
-        raise StateError(f"embedding spec {spec.name!r} ({spec.kind}) has no {kind} vectors; BayesVLM needs an open_clip spec")
-    return _ShardReader(spec_directory(project, spec.key), kind), int(dim)
+    directory = spec_directory(project, spec.key)
+    parts = COMBINED_KINDS.get(kind, (kind,))
+    dims = []
+    for part in parts:
+        base = VARIANCE_KINDS.get(part, part)
+        dim = spec.dim if base == "embedding" else spec.phi_dim
+        if dim is None:
+            raise StateError(f"embedding spec {spec.name!r} ({spec.kind}) has no {part} vectors; BayesVLM needs an open_clip spec")
+        if part in VARIANCE_KINDS and not (spec.spec or {}).get("cvp_blocks"):
+            raise StateError(
+                f"embedding spec {spec.name!r} has no {part} vectors (it was not embedded with CVP); "
+                "run alkit embed --cvp-blocks K for vectors with variances"
+            )
+        dims.append(int(dim))
+    if len(parts) == 1:
+        return _ShardReader(directory, kind), dims[0]
+    return _CombinedReader([_ShardReader(directory, part) for part in parts]), sum(dims)
 
 
 def _row_query(spec_id: int, split: str | None, status: str | Iterable[str] | None):

@@ -34,6 +34,17 @@ def cvp_encode_batch(model, pixels, posterior: WeightPosterior, calibration: Cal
     return {
         "embedding": l2_normalise(unit.astype(np.float32)),
         "embedding_var": unit_var.astype(np.float32),
-        "phi": moments.pooled_mean.float().numpy(),
-        "phi_var": moments.pooled_var.float().numpy(),
+        "phi": moments.pooled_mean.float().cpu().numpy(),
+        "phi_var": moments.pooled_var.float().cpu().numpy(),
     }
+
+
+def cvp_batch_encoder(posterior: WeightPosterior, calibration: Calibration | None):
+    """`encode(encoder, pixels)` for `alkit.embedding.encode.run_local_embed`: a batch's arrays
+    with their variances (the calibration applied once, here, not per batch)."""
+    calibrated = posterior if calibration is None else calibration.apply(posterior)
+
+    def encode(encoder, pixels) -> dict[str, np.ndarray]:
+        return cvp_encode_batch(encoder.model, pixels.to(encoder.device), calibrated)
+
+    return encode

@@ -4,6 +4,9 @@ The run composes: `choose_model` (which spec), the open_clip encoder, the spec r
 projections and text features, a work queue over the pending images
 (`alkit.storage.work_queue`) and an engine that encodes them (`alkit.embedding.encode`
 locally, `alkit.embedding.ray_engine` on Ray). Imported vectors: `alkit.workflows.embed_import`.
+With `cvp_blocks = k > 0` the spec is the model's CVP spec (`embedding.spec.for_cvp`): its
+weight posterior is fitted once (`alkit.workflows.cvp_posterior`) and every batch is encoded by
+`cvp_embed` (the vectors plus `embedding_var` and `phi_var`, float16 shards beside them).
 """
 
 from __future__ import annotations
@@ -11,8 +14,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from alkit.embedding.spec import OPEN_CLIP_KIND, PlannedSpec, spec_record
+from alkit.embedding.spec import OPEN_CLIP_KIND, PlannedSpec, for_cvp, spec_record
 from alkit.errors import InputError
 from alkit.jsonable import JsonResult
 from alkit.progress import progress_bar
@@ -38,6 +42,7 @@ class EngineRun:
     ray_address: str | None = None
     num_gpus_per_worker: float = 0.0
     show_progress: bool | None = None
+    encode: Any = None  # `encode(encoder, pixels)` for the local engine (None: `encode_batch`)
 
 
 @dataclass
@@ -57,6 +62,7 @@ class EmbedResult(JsonResult):
     orphans_removed: int = 0
     text_features: str | None = None  # file for the current class list, if any
     seconds: float = 0.0
+    cvp_blocks: int = 0  # > 0: CVP over the last k blocks (variances stored); in --json only then
 
     json_names = {"spec_name": "spec", "spec_key": "key"}
 
@@ -68,6 +74,8 @@ class EmbedResult(JsonResult):
         data = super().as_json()
         data["seconds"] = round(self.seconds, 3)
         data["images_per_second"] = round(self.images_per_second, 2)
+        if not self.cvp_blocks:
+            del data["cvp_blocks"]
         return data
 
 
@@ -79,6 +87,7 @@ def embed_images(
     engine: str = "local",
     ray_address: str | None = None,
     num_gpus_per_worker: float = 0.0,
+    cvp_blocks: int = 0,
 ) -> EmbedResult:
     """Embed every non-rejected image without vectors for the spec `choose_model` picks (the
     settings' model/pretrained, or the project's recorded model), with the settings' batch_size,
@@ -88,6 +97,8 @@ def embed_images(
     claimed by one of them); on SQLite a second one gets LockedError. `engine="ray"` runs
     the forward passes on a Ray cluster (`alkit.embedding.ray_engine`; `workers` actors,
     `num_gpus_per_worker` GPUs each) and writes the same shards and rows from this process.
+    `cvp_blocks = k > 0`: the CVP spec over the last k vision blocks (local engine only; needs
+    classes and labels the first time, see `alkit.workflows.cvp_posterior`).
     """
     from alkit.embedding.model import load_open_clip, resolve_device
 
@@ -96,7 +107,11 @@ def embed_images(
         raise InputError(f"engine must be local or ray, got {engine!r}")
     if settings.batch_size < 1 or settings.workers < 0:
         raise InputError(f"batch size must be >= 1 and workers >= 0 (got {settings.batch_size}, {settings.workers})")
-    planned = choose_model(project)
+    if cvp_blocks < 0:
+        raise InputError(f"--cvp-blocks must be >= 0 (0: no CVP), got {cvp_blocks}")
+    if cvp_blocks and engine != "local":
+        raise InputError("--cvp-blocks runs on --engine local only; drop --engine ray or --cvp-blocks")
+    planned = for_cvp(choose_model(project), cvp_blocks)
     directory = spec_directory(project, planned.key)
     device = resolve_device(settings.device) if engine == "local" or num_gpus_per_worker <= 0 else "cuda"
     random_weights = planned.weights.kind == "random"
@@ -111,12 +126,19 @@ def embed_images(
                 set_current(connection, existing.id)
                 removed = collect_garbage(connection, existing.id, directory)
             return EmbedResult(existing.id, existing.name, planned.key, random_weights, device, settings.precision,
-                               orphans_removed=removed, text_features=None if text_path is None else str(text_path))
+                               orphans_removed=removed, text_features=None if text_path is None else str(text_path),
+                               cvp_blocks=cvp_blocks)
 
         # the Ray driver only needs the spec's shapes, projections and text features: CPU fp32 (int8
         # specs: int8, so that the text features come from the same quantised model as the images)
         encoder = (load_open_clip(planned.architecture, planned.weights, device, settings.precision) if engine == "local"
                    else load_open_clip(planned.architecture, planned.weights, "cpu", "int8" if planned.quantisation else "fp32"))
+        encode = None
+        if cvp_blocks:  # before the spec row: a fit that fails leaves the project as it was
+            from alkit.workflows.cvp_embed import cvp_batch_encoder
+            from alkit.workflows.cvp_posterior import ensure_cvp_posterior
+
+            encode = cvp_batch_encoder(*ensure_cvp_posterior(project, directory, encoder, cvp_blocks, classes.prompts))
         dims = encoder.vector_dims()
         spec = spec_record(planned, encoder, dims, device, settings.precision)
         with project.engine.begin() as connection:
@@ -125,10 +147,10 @@ def embed_images(
             removed = collect_garbage(connection, row.id, directory)
         save_projections(directory, encoder)
         result = EmbedResult(row.id, row.name, planned.key, random_weights, device, settings.precision,
-                             pending=count_pending(project.engine, row.id), orphans_removed=removed)
+                             pending=count_pending(project.engine, row.id), orphans_removed=removed, cvp_blocks=cvp_blocks)
         text_path = ensure_text_features(project, row, encoder)
         result.text_features = None if text_path is None else str(text_path)
-        run = EngineRun(engine, shard_rows, flush_seconds, ray_address, num_gpus_per_worker, show_progress)
+        run = EngineRun(engine, shard_rows, flush_seconds, ray_address, num_gpus_per_worker, show_progress, encode)
         _run_engine(project, row.id, directory, encoder, planned, result, run)
     _attach_paths(project, result.rejected)
     return result
@@ -151,9 +173,10 @@ def _run_engine(project: Project, spec_id: int, directory: Path, encoder, planne
                 run_ray_embed(queue, planned, settings, bar, address=run.ray_address,
                               num_gpus_per_worker=run.num_gpus_per_worker)
             else:
-                from alkit.embedding.encode import run_local_embed
+                from alkit.embedding.encode import encode_batch, run_local_embed
 
-                run_local_embed(queue, encoder, settings.batch_size, settings.workers, settings.max_pixels, bar)
+                run_local_embed(queue, encoder, settings.batch_size, settings.workers, settings.max_pixels, bar,
+                                run.encode or encode_batch)
             queue.finish()
     finally:
         queue.close()

@@ -4,6 +4,10 @@ and the refit on the labels.
 Projection layout: the spec stores open_clip's `visual.proj` as `TextFeatures.P` `(d, D)`
 (g = phi @ P); `alkit.posterior.bayesvlm` works with its transpose, P `(D, d)` (g = P phi), as
 the BayesVLM paper writes it. `open_clip_to_bayesvlm` is the one place that converts.
+
+On a spec embedded with `alkit embed --cvp-blocks k` the posterior also uses phi's stored CVP
+variance (`with_phi_variance`): curvature and refit stay on phi's means (as without CVP), and
+the predictive, its moments and its draws read [phi, phi_var] (feature kind `phi+phi_var`).
 """
 
 from __future__ import annotations
@@ -40,11 +44,26 @@ def build_bayesvlm(project: Project, context: PosteriorContext, training: Traini
 
     base = bayesvlm_base(project, context, settings, exclude={int(i) for i in training.image_ids})
     if not len(training.labels):
-        return base
+        return with_phi_variance(base, context.spec)
     candidates = [settings.pseudo_data] if settings.pseudo_data is not None else list(PSEUDO_DATA_GRID)
-    return refit_choosing_pseudo_data(
+    return with_phi_variance(refit_choosing_pseudo_data(
         base, training.features, training.labels, candidates, seed=settings.seed, parent_version=parent_version
+    ), context.spec)
+
+
+def with_phi_variance(posterior, spec):
+    """The posterior reading phi's CVP variance when `spec` (row) stores it, recorded in its provenance."""
+    from dataclasses import replace
+
+    blocks = int((spec.spec or {}).get("cvp_blocks") or 0)
+    if not blocks:
+        return posterior
+    provenance = posterior.provenance
+    provenance = replace(
+        provenance, curvature_source=f"{provenance.curvature_source}; phi variance from CVP over the last {blocks} blocks",
+        settings={**provenance.settings, "phi_variance": {"source": "cvp", "blocks": blocks}},
     )
+    return replace(posterior, phi_variance=True, provenance=provenance)
 
 
 def bayesvlm_base(project: Project, context: PosteriorContext, settings: FitSettings, exclude: set[int] = frozenset()):
