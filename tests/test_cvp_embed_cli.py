@@ -133,6 +133,11 @@ def test_cvp_embed_stores_variances_resumes_without_mixing_and_bayesvlm_uses_the
     probs = posterior.predict(np.concatenate([phi, phi_var], axis=1))
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
 
+    for strategy in ("bald", "entropy"):  # selection reads [phi, phi_var] through the posterior's feature kind
+        selected = cli("select", "--budget", "3", "--strategy", strategy, "--dedup-threshold", "1", "--json")
+        assert selected.exit_code == 0, selected.output
+        assert len(selected.stdout.splitlines()) == 3, selected.output
+
     # back to the plain spec: a bare embed uses it, unaffected by the CVP spec
     bare = cli("embed", *FAST, "--json")
     assert bare.exit_code == 0, bare.output
