@@ -21,7 +21,8 @@ from alkit.registry import Registry
 POSTERIORS: Registry[type] = Registry("posterior")
 
 BUILTIN = (
-    (BayesVLMPosterior, "Laplace over CLIP's image projection (open_clip embeddings), n chosen by the labels' evidence, Monte Carlo predictive"),
+    (BayesVLMPosterior, "Laplace over CLIP's image projection (open_clip embeddings), n chosen by the labels' evidence, Monte Carlo predictive; "
+     "on a spec embedded with `alkit embed --cvp-blocks K` it also uses each image's phi variance (CVP: README)"),
     (LaplaceHeadPosterior, "Laplace over a linear head on the embeddings (any imported embeddings)"),
     (
         ProbVLMPosterior,
