@@ -1,7 +1,9 @@
 """Batch selectors: scores `(N,)` + budget B -> indices `(B,)`, in draw order.
 
-Top-B of a single-point score fills a batch with near-duplicates. The default is stochastic
-batch acquisition (Kirsch et al., TMLR 2023): B draws without replacement with
+Top-B of a single-point score can fill a batch with near-duplicates (`alkit select` suppresses
+them by cosine; its default is `top`, which won the active-learning suite, see
+benchmarks/README.md). The stochastic modes are batch acquisition after Kirsch et al. (TMLR 2023):
+B draws without replacement with
 P(i) proportional to s_i^beta (`power`), exp(beta s_i) (`softmax`) or rank_i^-beta
 (`softrank`), sampled in one pass by the Gumbel-top-B trick: add independent Gumbel noise
 to the log weights and keep the B largest keys. The resulting ordered batch has exactly the
@@ -179,7 +181,7 @@ class BatchMode:
 BATCH_MODES: Registry[BatchMode] = Registry("batch mode")
 for _name, _mode in {
     "top": BatchMode(top, "the B highest scores (deterministic; picks near-duplicates)"),
-    "power": BatchMode(power, "sample without replacement, P proportional to score^beta (default)"),
+    "power": BatchMode(power, "sample without replacement, P proportional to score^beta (Kirsch et al. 2023)"),
     "softmax": BatchMode(softmax, "sample without replacement, P proportional to exp(beta * score)"),
     "softrank": BatchMode(softrank, "sample without replacement, P proportional to rank^-beta", local_keys=False),
     "batchbald": BatchMode(
