@@ -39,6 +39,7 @@ def embed(
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (--engine ray) [default: RAY_ADDRESS or a local Ray]."),
     num_gpus_per_worker: float = typer.Option(0.0, "--num-gpus-per-worker", help="GPUs per Ray actor (--engine ray); > 0 embeds on cuda."),
     cvp_blocks: int = typer.Option(0, "--cvp-blocks", help="Store each image's embedding variance by calibrated variance propagation over the last K vision blocks (its own spec; needs classes and >= 10 labels; local engine; see `alkit strategies`); 0: off."),
+    recalibrate: bool = typer.Option(False, "--recalibrate", help="With --cvp-blocks: refit the variance calibration on the current labels and re-embed that spec."),
     shard_rows: int = typer.Option(1024, "--shard-rows", hidden=True, help="Rows per shard file / transaction."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar [default: when stderr is a terminal]."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -49,7 +50,7 @@ def embed(
                            precision=precision, address=address)
         given = [f"--{key.replace('_', '-')}" for key, value in model_flags.items() if value is not None]
         given += ["--engine"] * (engine != "local") + ["--num-gpus-per-worker"] * bool(num_gpus_per_worker)
-        given += ["--cvp-blocks"] * bool(cvp_blocks)
+        given += ["--cvp-blocks"] * bool(cvp_blocks) + ["--recalibrate"] * recalibrate
         if given:
             raise typer.BadParameter(f"{', '.join(given)} do not apply with --from (imported vectors are not computed)")
         _import(ctx, from_file, from_file.stem if name is None else name, shard_rows, progress, json_output)
@@ -69,7 +70,7 @@ def embed(
     if (project.settings.pretrained or "").strip().lower() == "none":
         note(RANDOM_WARNING)
     result = embed_images(project, show_progress=progress, shard_rows=shard_rows, engine=engine, ray_address=address,
-                          num_gpus_per_worker=num_gpus_per_worker, cvp_blocks=cvp_blocks)
+                          num_gpus_per_worker=num_gpus_per_worker, cvp_blocks=cvp_blocks, recalibrate=recalibrate)
     if json_output:
         emit_json(result.as_json())
     else:

@@ -143,3 +143,36 @@ def test_cvp_embed_stores_variances_resumes_without_mixing_and_bayesvlm_uses_the
     assert bare.exit_code == 0, bare.output
     again = json.loads(bare.stdout)
     assert again["spec_id"] == plain["spec_id"] and again["embedded"] == 0 and "cvp_blocks" not in again
+    assert cli("embed", "--recalibrate", *FAST).exit_code == 4  # only with --cvp-blocks
+
+    # a labelling round later: 4 new labelled images, and 6 of the curvature images labelled too
+    _recalibration_after_a_round(cli, make_images, tmp_path, project, cvp_spec, paths, fitted)
+
+
+def _recalibration_after_a_round(cli, make_images, tmp_path, project, cvp_spec, paths, fitted):
+    from alkit.storage.specs import spec_directory
+    from alkit.storage.vectors import load_vectors
+    from alkit.workflows.cvp_posterior import cvp_path, load_cvp_posterior
+
+    directory = spec_directory(project, cvp_spec.key)
+    _, _, record = load_cvp_posterior(cvp_path(directory))
+    assert len(record["curvature_ids"]) == 12  # the unlabelled pool images
+    new = make_images(4, folder="round2", start_seed=100, size=(28, 28))
+    assert cli("add", str(new[0].parent)).exit_code == 0
+    csv = tmp_path / "round2.csv"
+    csv.write_text("path,label\n" + "".join(f"{p},{'abc'[i % 3]}\n" for i, p in enumerate(new + paths[12:18])))
+    assert cli("labels", "import", str(csv)).exit_code == 0
+    result = cli("embed", "--cvp-blocks", "1", "--recalibrate", *FAST, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["embedded"] == 28  # every image again, under the new calibration
+    assert (directory / "cvp.safetensors").read_bytes() != fitted
+    posterior, calibration, after = load_cvp_posterior(cvp_path(directory))
+    assert after["curvature_ids"] == record["curvature_ids"]  # the Laplace posterior is kept
+    assert calibration.num_images == 16  # 12 + 4 new labels; the 6 labelled curvature images stay held out
+    ids, phi_var = load_vectors(project, cvp_spec.id, kind="phi_var")
+    # the old shards 1-3 were collected before the re-embed wrote its one shard (28 rows < --shard-rows)
+    assert len(ids) == 28 and sorted(n for n in os.listdir(directory) if n.endswith(".npy")) == [
+        f"00000001.{kind}.npy" for kind in ("embedding", "embedding_var", "phi", "phi_var")]
+    reference = _reference_arrays(project, cvp_spec, paths + new)
+    expected = reference["phi_var"].astype(np.float16).astype(np.float32)
+    np.testing.assert_allclose(phi_var, expected, rtol=2e-3, atol=1e-6 * np.abs(expected).max())

@@ -126,6 +126,13 @@ def collect_garbage(connection: Connection, spec_id: int, directory: Path) -> in
     return deleted
 
 
+def drop_spec_rows(connection: Connection, spec_id: int) -> int:
+    """Forget every vector row of a spec (its shard files become garbage for `collect_garbage`);
+    returns the rows deleted. Used when a spec's vectors must all be recomputed (CVP recalibration)."""
+    lock_spec_writes(connection, spec_id)
+    return int(connection.execute(embeddings.delete().where(embeddings.c.spec_id == spec_id)).rowcount or 0)
+
+
 @contextlib.contextmanager
 def spec_lock(directory: Path) -> Iterator[None]:
     """Exclusive, non-blocking lock on one spec's folder (released when the process dies)."""

@@ -11,7 +11,10 @@ and the demo's calibration shrank them 20-100x (benchmarks/README.md, CVP sectio
 
 Why once per spec: the stored variances depend on the posterior and its calibration, so a
 refit halfway through would mix two calibrations in one spec's shards. The file is written
-(atomically) before the first shard; a resumed run reads it back. The output scale is recorded
+(atomically) before the first shard; a resumed run reads it back. After more labelling rounds,
+`alkit embed --cvp-blocks k --recalibrate` refits the calibration (the Laplace posterior and
+its curvature images are kept) and re-embeds the spec: its rows are deleted before the new
+file is written, so a kill at any point leaves one calibration per spec. The output scale is recorded
 but not applied to the stored variances (`phi_var` is what the calibrated blocks give; BayesVLM's
 refit on the labels scales its own posterior).
 """
@@ -30,6 +33,7 @@ from alkit.storage.classes import class_rows
 from alkit.storage.images import paths_by_id, split_and_status, usable_ids_by_path
 from alkit.storage.labels import resolved_labels
 from alkit.storage.schema import TRAINING_SPLITS, Split
+from alkit.storage.shards import drop_spec_rows
 from alkit.storage.spec_files import CVP_FILE, load_tensors_with_metadata, save_tensors
 
 CURVATURE_IMAGES = 64  # unlabelled pool images in the Laplace curvature
@@ -71,14 +75,14 @@ def load_cvp_posterior(path: Path):
     return posterior, calibration, info
 
 
-def _images_for_fit(project: Project, seed: int) -> tuple[list[int], list[int], np.ndarray]:
-    """(curvature ids: unlabelled pool sample, calibration ids, their class indices)."""
+def _images_for_fit(project: Project, seed: int, held_out: set[int]) -> tuple[list[int], list[int], np.ndarray]:
+    """(curvature ids: unlabelled pool sample, calibration ids (none of `held_out`), their class indices)."""
     with project.engine.connect() as connection:
         usable = np.array(sorted(usable_ids_by_path(connection).values()), dtype=np.int64)
         labels = resolved_labels(connection)
         position = {row.id: index for index, row in enumerate(class_rows(connection))}
         usable_set = set(usable.tolist())
-        labelled = np.array(sorted(i for i in labels if i in usable_set), dtype=np.int64)
+        labelled = np.array(sorted(i for i in labels if i in usable_set and i not in held_out), dtype=np.int64)
         rng = np.random.default_rng(seed)
         labelled = rng.permutation(labelled)[: 4 * CALIBRATION_IMAGES]
         rows = split_and_status(connection, labelled.tolist()) if len(labelled) else {}
@@ -115,16 +119,21 @@ def load_pixels(project: Project, encoder, image_ids: list[int]):
     return torch.stack(pixels).to(encoder.device), kept
 
 
-def ensure_cvp_posterior(project: Project, directory: Path, encoder, blocks: int, prompts: list[str]):
+def ensure_cvp_posterior(project: Project, directory: Path, encoder, blocks: int, prompts: list[str],
+                         recalibrate: bool = False, spec_id: int | None = None):
     """The spec's stored (posterior, calibration), fitted (class `prompts` as the candidates) and
-    saved first if the spec has none yet. Call before the spec row exists: a fit that fails
-    (no classes, too few labels) leaves the project as it was."""
+    saved first if the spec has none yet. Call before the spec row is written: a fit that fails
+    (no classes, too few labels) leaves the project as it was.
+
+    `recalibrate`: keep the stored posterior, refit the calibration on the current labels (never
+    on the curvature images) and forget the spec's vectors (`spec_id`'s rows, before the new
+    file is written), so that the run re-embeds every image and no spec mixes two calibrations."""
     path = cvp_path(directory)
-    if path.is_file():
-        posterior, calibration, _ = load_cvp_posterior(path)
-        if posterior.num_blocks != blocks:
-            raise StateError(f"{path} holds a posterior over {posterior.num_blocks} blocks, not {blocks}; it is damaged")
-        return posterior, calibration
+    stored = load_cvp_posterior(path) if path.is_file() else None
+    if stored is not None and stored[0].num_blocks != blocks:
+        raise StateError(f"{path} holds a posterior over {stored[0].num_blocks} blocks, not {blocks}; it is damaged")
+    if stored is not None and not recalibrate:
+        return stored[0], stored[1]
     if not prompts:
         raise InputError("--cvp-blocks needs the class list (its prompts are the likelihood's candidates); run alkit classes set first")
     import torch
@@ -133,20 +142,27 @@ def ensure_cvp_posterior(project: Project, directory: Path, encoder, blocks: int
     from alkit.cvp.calibration import fit_calibration
     from alkit.cvp.laplace import fit_diagonal_laplace
 
-    curvature_ids, calibration_ids, labels = _images_for_fit(project, project.settings.seed)
+    held_out = set(stored[2].get("curvature_ids", [])) if stored is not None else set()
+    curvature_ids, calibration_ids, labels = _images_for_fit(project, project.settings.seed, held_out)
     visual = encoder.model.visual
     emb, _ = encoder.encode_texts(list(prompts))
     text = torch.as_tensor(l2_normalise(emb.numpy())).to(encoder.device)
     scale = float(encoder.model.logit_scale.detach().exp())
-    curvature_pixels, curvature_ids = load_pixels(project, encoder, curvature_ids)
-    with torch.no_grad():
-        curvature_tokens = prefix_tokens(visual, curvature_pixels, blocks)
-    posterior = fit_diagonal_laplace(visual, curvature_tokens, text, scale, blocks)
+    if stored is None:
+        curvature_pixels, curvature_ids = load_pixels(project, encoder, curvature_ids)
+        with torch.no_grad():
+            curvature_tokens = prefix_tokens(visual, curvature_pixels, blocks)
+        posterior = fit_diagonal_laplace(visual, curvature_tokens, text, scale, blocks)
+    else:
+        posterior, curvature_ids = stored[0], stored[2]["curvature_ids"]
     calibration_pixels, kept = load_pixels(project, encoder, calibration_ids)
     labels = labels[[calibration_ids.index(i) for i in kept]]
     with torch.no_grad():
         tokens = prefix_tokens(visual, calibration_pixels, blocks)
     calibration = fit_calibration(visual, tokens, labels, posterior, text, scale)
-    record = {"curvature_images": len(curvature_ids), "seed": project.settings.seed, "num_classes": len(prompts)}
+    record = {"curvature_ids": [int(i) for i in curvature_ids], "seed": project.settings.seed, "num_classes": len(prompts)}
+    if stored is not None and spec_id is not None:
+        with project.engine.begin() as connection:
+            drop_spec_rows(connection, spec_id)
     save_cvp_posterior(path, posterior, calibration, record)
     return posterior, calibration

@@ -88,6 +88,7 @@ def embed_images(
     ray_address: str | None = None,
     num_gpus_per_worker: float = 0.0,
     cvp_blocks: int = 0,
+    recalibrate: bool = False,
 ) -> EmbedResult:
     """Embed every non-rejected image without vectors for the spec `choose_model` picks (the
     settings' model/pretrained, or the project's recorded model), with the settings' batch_size,
@@ -98,7 +99,8 @@ def embed_images(
     the forward passes on a Ray cluster (`alkit.embedding.ray_engine`; `workers` actors,
     `num_gpus_per_worker` GPUs each) and writes the same shards and rows from this process.
     `cvp_blocks = k > 0`: the CVP spec over the last k vision blocks (local engine only; needs
-    classes and labels the first time, see `alkit.workflows.cvp_posterior`).
+    classes and labels the first time, see `alkit.workflows.cvp_posterior`); `recalibrate`:
+    refit its calibration on the current labels and re-embed the spec.
     """
     from alkit.embedding.model import load_open_clip, resolve_device
 
@@ -109,6 +111,8 @@ def embed_images(
         raise InputError(f"batch size must be >= 1 and workers >= 0 (got {settings.batch_size}, {settings.workers})")
     if cvp_blocks < 0:
         raise InputError(f"--cvp-blocks must be >= 0 (0: no CVP), got {cvp_blocks}")
+    if recalibrate and not cvp_blocks:
+        raise InputError("--recalibrate applies only with --cvp-blocks K")
     if cvp_blocks and engine != "local":
         raise InputError("--cvp-blocks runs on --engine local only; drop --engine ray or --cvp-blocks")
     planned = for_cvp(choose_model(project), cvp_blocks)
@@ -121,7 +125,7 @@ def embed_images(
         pending = count_pending(project.engine, existing.id if existing else None)
         classes = current_class_list(project)
         text_path = None if classes.key is None else text_features_file(project, planned.key, classes.key)
-        if existing is not None and pending == 0 and (text_path is None or text_path.is_file()):  # nothing to do: no model load
+        if existing is not None and pending == 0 and (text_path is None or text_path.is_file()) and not recalibrate:  # nothing to do: no model load
             with project.engine.begin() as connection:
                 set_current(connection, existing.id)
                 removed = collect_garbage(connection, existing.id, directory)
@@ -138,7 +142,8 @@ def embed_images(
             from alkit.workflows.cvp_embed import cvp_batch_encoder
             from alkit.workflows.cvp_posterior import ensure_cvp_posterior
 
-            encode = cvp_batch_encoder(*ensure_cvp_posterior(project, directory, encoder, cvp_blocks, classes.prompts))
+            encode = cvp_batch_encoder(*ensure_cvp_posterior(project, directory, encoder, cvp_blocks, classes.prompts,
+                                                             recalibrate, None if existing is None else existing.id))
         dims = encoder.vector_dims()
         spec = spec_record(planned, encoder, dims, device, settings.precision)
         with project.engine.begin() as connection:
