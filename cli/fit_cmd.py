@@ -24,6 +24,7 @@ def fit(
     epochs: int = typer.Option(DEFAULTS.epochs, "--epochs", help="probvlm: training epochs (early stopping may end sooner)."),
     learning_rate: float = typer.Option(DEFAULTS.learning_rate, "--learning-rate", help="probvlm: Adam step size."),
     hyper: bool = typer.Option(False, "--hyper", help="ensemble: a hyperparameter ensemble (members also differ in weight decay)."),
+    phi_variance_scale: Optional[float] = typer.Option(None, "--phi-variance-scale", help="bayesvlm on a spec embedded with --cvp-blocks: multiplier of the stored phi variance [default: chosen from 0-1 by 3-fold cross-validated NLL on the labels; 1 with fewer than 6 labels]."),
     force: bool = typer.Option(False, "--force", help="Refit even when no labels or settings changed."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
@@ -41,6 +42,7 @@ def fit(
         (factors is not None or pairs is not None) and posterior == "laplace_head", "--factors/--pairs", "--posterior bayesvlm"
     )
     checks.requires(hyper and posterior != "ensemble", "--hyper", "--posterior ensemble")
+    checks.number(phi_variance_scale, "--phi-variance-scale", 0)
     checks.existing(factors, "--factors", "dir")
     checks.existing(pairs, "--pairs", "file")
     from alkit.progress import stage
@@ -52,7 +54,7 @@ def fit(
             FitSettings(
                 posterior=posterior, factors_dir=factors, pairs_csv=pairs, pseudo_data=pseudo_data,
                 candidate_batch_size=candidate_batch_size, seed=project.settings.seed, epochs=epochs,
-                learning_rate=learning_rate, hyper=hyper,
+                learning_rate=learning_rate, hyper=hyper, phi_variance_scale=phi_variance_scale,
             ),
             force=force,
         )

@@ -22,7 +22,7 @@ def _posterior(bias: bool):
     text /= np.linalg.norm(text, axis=1, keepdims=True)
     plain = BayesVLMPosterior.from_pool_curvature(phi, projection, text, 5.0, pseudo_data=30.0, bias=bias)
     phi_var = 0.3 * rng.random(size=(n, d))
-    return plain, replace(plain, phi_variance=True), phi, phi_var
+    return plain, replace(plain, phi_variance_scale=1.0), phi, phi_var
 
 
 @pytest.mark.parametrize("bias", [False, True])
@@ -70,6 +70,9 @@ def test_state_round_trip_keeps_the_flag_and_old_files_load_without_it():
     assert loaded.phi_variance and loaded.feature_kind == "phi+phi_var"
     x = np.concatenate([phi, phi_var], axis=1)
     np.testing.assert_allclose(loaded.logit_moments(x)[1], cvp.logit_moments(x)[1])
-    header.pop("phi_variance")
+    half = replace(cvp, phi_variance_scale=0.5)  # the scale multiplies the stored variance
+    np.testing.assert_allclose(half.logit_moments(x)[1], logit_moments(half, phi, 0.5 * phi_var)[1], rtol=1e-10)
+    assert replace(cvp, phi_variance_scale=0.0).feature_kind == "phi"
+    header.pop("phi_variance_scale")
     old = BayesVLMPosterior.from_state(arrays, header, cvp.provenance, cvp.classes, cvp.embedding_spec_key)
     assert not old.phi_variance and old.feature_kind == "phi"

@@ -116,17 +116,24 @@ def test_cvp_embed_stores_variances_resumes_without_mixing_and_bayesvlm_uses_the
     with pytest.raises(StateError, match="not embedded with CVP"):
         load_vectors(project, plain["spec_id"], kind="phi_var")
 
-    fit = cli("fit", "--posterior", "bayesvlm", "--json")
+    chosen = cli("fit", "--posterior", "bayesvlm", "--json")  # the scale of phi's variance chosen by the labels
+    assert chosen.exit_code == 0, chosen.output
+    _, _, posterior = current_posterior(open_project(cli.project_dir))
+    record = posterior.provenance.settings["phi_variance"]
+    assert record["scale"] in (0.0, 0.01, 0.03, 0.1, 0.3, 1.0) and len(record["cross_validated_nll"]) == 6
+    assert record["scale"] == float(min(record["cross_validated_nll"], key=record["cross_validated_nll"].get))
+    fit = cli("fit", "--posterior", "bayesvlm", "--phi-variance-scale", "0.5", "--force", "--json")
     assert fit.exit_code == 0, fit.output
-    assert "phi variance from CVP over the last 1 blocks" in json.loads(fit.stdout)["curvature_source"]
+    assert "phi variance from CVP over the last 1 blocks x 0.5" in json.loads(fit.stdout)["curvature_source"]
     _, _, posterior = current_posterior(open_project(cli.project_dir))  # saved and loaded back
-    assert posterior.phi_variance and posterior.feature_kind == "phi+phi_var"
-    assert posterior.provenance.settings["phi_variance"] == {"source": "cvp", "blocks": 1}
+    assert posterior.phi_variance_scale == 0.5 and posterior.feature_kind == "phi+phi_var"
+    assert posterior.provenance.settings["phi_variance"] == {"source": "cvp", "blocks": 1, "scale": 0.5,
+                                                             "cross_validated_nll": {}}
     predicted = cli("predict", "--json")
     assert predicted.exit_code == 0, predicted.output
     logit_var = {row["image_id"]: row["logit_variance"] for row in map(json.loads, predicted.stdout.splitlines())}
-    _, expected_var = logit_moments(posterior, phi, phi_var)
-    _, without_var = replace(posterior, phi_variance=False).logit_moments(phi)
+    _, expected_var = logit_moments(posterior, phi, 0.5 * phi_var)
+    _, without_var = replace(posterior, phi_variance_scale=0.0).logit_moments(phi)
     got = np.array([logit_var[int(i)] for i in ids])
     np.testing.assert_allclose(got, expected_var.mean(axis=1), rtol=1e-4)
     assert (expected_var.mean(axis=1) > without_var.mean(axis=1) * 1.0001).all()

@@ -17,9 +17,8 @@ seeds (0.97). Files written before carry no damping field and load as "ritter".
 
 Learning from labels (`refit`, the pseudo-data choice) lives in `bayesvlm_refit.py`.
 
-`phi_variance` (a spec embedded with `alkit embed --cvp-blocks k`): inputs are [phi, phi_var]
-`(N, 2d)`; moments by `alkit.cvp.bayesvlm_features`; draws use phi + sqrt(phi_var) eps_s, one
-eps_s per shared draw (exact marginals), i.e. one more shared projection P_s diag(eps_s).
+`phi_variance_scale` a > 0 (`--cvp-blocks` specs): inputs [phi, phi_var] `(N, 2d)`, moments by `cvp.bayesvlm_features`
+with a phi_var; draws P_s (phi + sqrt(a phi_var) eps_s), eps_s shared like P_s: one more projection P_s diag(eps_s).
 
 Projection layout: P is `(D, d)` here (g = P phi, as the BayesVLM paper writes it); the
 embedding spec stores open_clip's `visual.proj`, its transpose `(d, D)` (g = phi @ P), and
@@ -113,14 +112,18 @@ class BayesVLMPosterior:
     embedding_spec_key: str = "unspecified"
     text_side: TextSide | None = None
     damping: str = "eigen"
-    phi_variance: bool = False  # inputs carry phi's CVP variance: [phi, phi_var] (N, 2d)
+    phi_variance_scale: float = 0.0  # a > 0: inputs are [phi, phi_var] (N, 2d), phi's variance a phi_var
     kind: str = field(default=KIND, init=False)
     feature_kind: ClassVar[FeatureKind] = FeatureKind.PHI
     fast_sample_logits: ClassVar[bool] = False
 
-    def __post_init__(self):
-        if self.phi_variance:  # this instance reads phi and its variance (the class default stays phi)
+    def __post_init__(self):  # with phi's variance this instance reads [phi, phi_var] (the class stays phi)
+        if self.phi_variance:
             object.__setattr__(self, "feature_kind", FeatureKind.PHI_WITH_VARIANCE)
+
+    @property
+    def phi_variance(self) -> bool:
+        return self.phi_variance_scale > 0
 
     @property
     def num_classes(self) -> int:
@@ -222,21 +225,19 @@ class BayesVLMPosterior:
         values = np.asarray(x, dtype=np.float64)
         d = self.projection.shape[1] - int(self.factors.bias)
         if self.phi_variance and values.ndim == 2 and values.shape[1] == 2 * d:
-            return values[:, :d], np.clip(values[:, d:], 0.0, None)
+            return values[:, :d], self.phi_variance_scale * np.clip(values[:, d:], 0.0, None)
         if values.ndim != 2 or values.shape[1] != d:
-            wide = f" or (N, {2 * d}) with phi's variance" if self.phi_variance else ""
-            raise InputError(f"features have shape {values.shape}; this posterior expects (N, {d}){wide}")
+            raise InputError(f"features have shape {values.shape}; this posterior expects (N, {d})"
+                             + (f" or (N, {2 * d}) with phi's variance" if self.phi_variance else ""))
         return values, None
 
-    def _features(self, x) -> np.ndarray:
-        """phi with its bias column `(N, p)`; with `phi_variance`, [that, sqrt(phi_var), 0] `(N, 2p)`."""
+    def _features(self, x) -> np.ndarray:  # phi with its bias column (N, p); with phi's variance [that, sqrt(var), 0]
         phi, var = self._split(x)
         features = with_bias_column(phi, self.factors.bias)
         if not self.phi_variance:
             return features
         noise_scale = np.zeros_like(features)
-        if var is not None:
-            noise_scale[:, : var.shape[1]] = np.sqrt(var)
+        noise_scale[:, : phi.shape[1]] = 0.0 if var is None else np.sqrt(var)
         return np.concatenate([features, noise_scale], axis=1)
 
     def _text_embeddings(self) -> GaussianEmbeddings:
@@ -342,7 +343,7 @@ class BayesVLMPosterior:
             "factors": _factor_header(self.factors),
             "text_side": None,
             "damping": self.damping,
-            "phi_variance": self.phi_variance,
+            "phi_variance_scale": self.phi_variance_scale,
         }
         if self.text_side is not None:
             side = self.text_side
@@ -378,7 +379,7 @@ class BayesVLMPosterior:
         return cls(
             arrays["projection"], arrays["class_text"], float(header["logit_scale"]), factors, eigen,
             float(header["pseudo_data"]), float(header["prior_precision"]), provenance, tuple(classes),
-            embedding_spec_key, text_side, damping, bool(header.get("phi_variance", False)),
+            embedding_spec_key, text_side, damping, float(header.get("phi_variance_scale", 0.0)),
         )
 
 

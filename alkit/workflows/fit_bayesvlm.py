@@ -7,7 +7,9 @@ the BayesVLM paper writes it. `open_clip_to_bayesvlm` is the one place that conv
 
 On a spec embedded with `alkit embed --cvp-blocks k` the posterior also uses phi's stored CVP
 variance (`with_phi_variance`): curvature and refit stay on phi's means (as without CVP), and
-the predictive, its moments and its draws read [phi, phi_var] (feature kind `phi+phi_var`).
+the predictive, its moments and its draws read [phi, a phi_var] (feature kind `phi+phi_var`),
+a chosen by cross-validated NLL on the labels (`choose_phi_variance_scale`) unless
+`--phi-variance-scale` fixes it.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from alkit.workflows.fit_settings import DEFAULT_PSEUDO_DATA, PSEUDO_DATA_GRID, 
 FACTOR_FILES = ("A_img", "B_img", "A_txt", "B_txt", "n", "lam")  # `--factors DIR`: NAME.npy each
 REQUIRED_FACTORS = {"A_img", "B_img"}
 CAPTION_BATCH = 256  # captions per text-encoder call for `--pairs`
+PHI_VARIANCE_SCALES = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0)  # candidate multipliers of a CVP spec's phi variance
+PHI_VARIANCE_FOLDS = 3
 
 
 def open_clip_to_bayesvlm(stored: np.ndarray) -> np.ndarray:
@@ -39,31 +43,77 @@ def open_clip_to_bayesvlm(stored: np.ndarray) -> np.ndarray:
 
 
 def build_bayesvlm(project: Project, context: PosteriorContext, training: TrainingSet, settings: FitSettings, parent_version):
-    """The zero-shot base, refitted on the labels (n chosen by their evidence unless --pseudo-data)."""
+    """The zero-shot base, refitted on the labels (n chosen by their evidence unless --pseudo-data);
+    on a CVP spec, reading phi's variance times `phi_variance_scale` (chosen by the labels if None)."""
     from alkit.posterior.bayesvlm_refit import refit_choosing_pseudo_data
 
     base = bayesvlm_base(project, context, settings, exclude={int(i) for i in training.image_ids})
+    fixed = settings.phi_variance_scale
     if not len(training.labels):
-        return with_phi_variance(base, context.spec)
+        return with_phi_variance(base, context.spec, 1.0 if fixed is None else fixed)
     candidates = [settings.pseudo_data] if settings.pseudo_data is not None else list(PSEUDO_DATA_GRID)
-    return with_phi_variance(refit_choosing_pseudo_data(
+    fitted = refit_choosing_pseudo_data(
         base, training.features, training.labels, candidates, seed=settings.seed, parent_version=parent_version
-    ), context.spec)
+    )
+    if not cvp_blocks(context.spec):
+        return fitted
+    if fixed is not None:
+        return with_phi_variance(fitted, context.spec, fixed)
+    _, phi_var = load_vectors(project, context.spec.id, training.image_ids.tolist(), kind="phi_var")
+    return with_phi_variance(fitted, context.spec, *choose_phi_variance_scale(base, training, phi_var, fitted.pseudo_data,
+                                                                                settings.seed))
 
 
-def with_phi_variance(posterior, spec):
-    """The posterior reading phi's CVP variance when `spec` (row) stores it, recorded in its provenance."""
+def cvp_blocks(spec) -> int:
+    """k of a spec embedded with `alkit embed --cvp-blocks k` (0: no stored variances)."""
+    return int((spec.spec or {}).get("cvp_blocks") or 0)
+
+
+def choose_phi_variance_scale(base, training: TrainingSet, phi_var, pseudo_data: float, seed: int):
+    """(a, {a: mean held-out NLL}): the multiplier of phi's stored CVP variance with the lowest
+    PHI_VARIANCE_FOLDS-fold cross-validated NLL of the refitted posterior's predictive.
+
+    CVP's calibration fits its own predictive (the zero-shot projection, fixed class prompts); in
+    BayesVLM the projection is refitted and uncertain too, and phi's variance at full scale made
+    the demo's predictions underconfident (benchmarks/README.md, CVP section), so the labels
+    choose how much of it the composed predictive takes (0: none). The folds refit with the
+    chosen n; with fewer than 2 labels per fold a = 1 (as calibrated)."""
     from dataclasses import replace
 
-    blocks = int((spec.spec or {}).get("cvp_blocks") or 0)
+    from alkit.posterior.bayesvlm_refit import refit_choosing_pseudo_data
+
+    labels, phi = training.labels, training.features
+    if len(labels) < 2 * PHI_VARIANCE_FOLDS:
+        return 1.0, {}
+    folds = np.random.default_rng(seed).permutation(len(labels)) % PHI_VARIANCE_FOLDS
+    totals = np.zeros(len(PHI_VARIANCE_SCALES))
+    for fold in range(PHI_VARIANCE_FOLDS):
+        train, held = folds != fold, folds == fold
+        child = refit_choosing_pseudo_data(base, phi[train], labels[train], [pseudo_data], seed=seed)
+        x = np.concatenate([phi[held], phi_var[held]], axis=1)
+        for j, scale in enumerate(PHI_VARIANCE_SCALES):
+            probs = replace(child, phi_variance_scale=scale).predict(x if scale > 0 else phi[held])
+            totals[j] -= np.log(np.clip(probs[np.arange(int(held.sum())), labels[held]], 1e-12, None)).sum()
+    best = int(np.argmin(totals))
+    return float(PHI_VARIANCE_SCALES[best]), {f"{a:g}": float(t / len(labels)) for a, t in zip(PHI_VARIANCE_SCALES, totals)}
+
+
+def with_phi_variance(posterior, spec, scale: float = 1.0, scores: dict | None = None):
+    """The posterior reading phi's CVP variance times `scale` when `spec` (row) stores it, recorded
+    in its provenance (with the cross-validated NLL per candidate scale, when chosen)."""
+    from dataclasses import replace
+
+    blocks = cvp_blocks(spec)
     if not blocks:
         return posterior
     provenance = posterior.provenance
     provenance = replace(
-        provenance, curvature_source=f"{provenance.curvature_source}; phi variance from CVP over the last {blocks} blocks",
-        settings={**provenance.settings, "phi_variance": {"source": "cvp", "blocks": blocks}},
+        provenance,
+        curvature_source=f"{provenance.curvature_source}; phi variance from CVP over the last {blocks} blocks x {scale:g}",
+        settings={**provenance.settings, "phi_variance": {"source": "cvp", "blocks": blocks, "scale": float(scale),
+                                                          "cross_validated_nll": scores or {}}},
     )
-    return replace(posterior, phi_variance=True, provenance=provenance)
+    return replace(posterior, phi_variance_scale=float(scale), provenance=provenance)
 
 
 def bayesvlm_base(project: Project, context: PosteriorContext, settings: FitSettings, exclude: set[int] = frozenset()):

@@ -31,4 +31,5 @@ class FitSettings:
     epochs: int = DEFAULT_PROBVLM_EPOCHS  # probvlm: training epochs (early stopping may end sooner)
     learning_rate: float = DEFAULT_PROBVLM_LEARNING_RATE  # probvlm: Adam step size
     hyper: bool = False  # ensemble: members also differ in weight decay (hyperparameter ensemble)
+    phi_variance_scale: float | None = None  # bayesvlm on a --cvp-blocks spec: None = chosen by cross-validated NLL
     labels_fingerprint: str | None = None  # set by fit_posterior: which labels the fit saw (fit_freshness)
