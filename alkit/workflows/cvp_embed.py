@@ -16,6 +16,8 @@ from alkit.arrays import l2_normalise
 from alkit.cvp.calibration import Calibration
 from alkit.cvp.weights import WeightPosterior
 
+FLOAT16_MAX = 65504.0  # the largest finite float16, the dtype of the stored shards
+
 
 def cvp_encode_batch(model, pixels, posterior: WeightPosterior, calibration: Calibration | None = None) -> dict[str, np.ndarray]:
     """Arrays for one preprocessed batch `pixels (B, 3, H, W)` of an open_clip CLIP model."""
@@ -45,6 +47,9 @@ def cvp_batch_encoder(posterior: WeightPosterior, calibration: Calibration | Non
     calibrated = posterior if calibration is None else calibration.apply(posterior)
 
     def encode(encoder, pixels) -> dict[str, np.ndarray]:
-        return cvp_encode_batch(encoder.model, pixels.to(encoder.device), calibrated)
+        arrays = cvp_encode_batch(encoder.model, pixels.to(encoder.device), calibrated)
+        for kind in ("embedding_var", "phi_var"):  # float16 shards: beyond its range a variance would be stored as inf
+            np.clip(arrays[kind], 0.0, FLOAT16_MAX, out=arrays[kind])
+        return arrays
 
     return encode
