@@ -57,8 +57,8 @@ def save_cvp_posterior(path: Path, posterior, calibration, record: dict) -> None
     save_tensors(path, tensors, metadata={METADATA_KEY: json.dumps(info, sort_keys=True)})
 
 
-def load_cvp_posterior(path: Path):
-    """(WeightPosterior, Calibration, record) saved by `save_cvp_posterior`."""
+def load_cvp_posterior(path: Path, device: str = "cpu"):
+    """(WeightPosterior, Calibration, record) saved by `save_cvp_posterior`, the variances on `device`."""
     import torch
 
     from alkit.cvp.calibration import Calibration
@@ -66,7 +66,7 @@ def load_cvp_posterior(path: Path):
 
     tensors, metadata = load_tensors_with_metadata(path)
     info = json.loads(metadata[METADATA_KEY])
-    blocks = tuple(BlockVariances(**{role: torch.from_numpy(np.array(tensors[f"block{i}.{role}"])) for role in ROLES})
+    blocks = tuple(BlockVariances(**{role: torch.from_numpy(np.array(tensors[f"block{i}.{role}"])).to(device) for role in ROLES})
                    for i in range(int(info["num_blocks"])))
     posterior = WeightPosterior(blocks, tuple(dict(p) for p in info["prior_precision"]), float(info["pseudo_data"]))
     cal = info["calibration"]
@@ -129,7 +129,7 @@ def ensure_cvp_posterior(project: Project, directory: Path, encoder, blocks: int
     on the curvature images) and forget the spec's vectors (`spec_id`'s rows, before the new
     file is written), so that the run re-embeds every image and no spec mixes two calibrations."""
     path = cvp_path(directory)
-    stored = load_cvp_posterior(path) if path.is_file() else None
+    stored = load_cvp_posterior(path, encoder.device) if path.is_file() else None
     if stored is not None and stored[0].num_blocks != blocks:
         raise StateError(f"{path} holds a posterior over {stored[0].num_blocks} blocks, not {blocks}; it is damaged")
     if stored is not None and not recalibrate:
