@@ -103,11 +103,16 @@ def like_path(directory: Path) -> Path:
 def run_cli(directory: Path, *args: str, stderr: list | None = None) -> tuple[float, float, str]:
     """(wall s, peak RSS GB, stdout) of one `alkit` process (its stderr appended to `stderr`)."""
     command = [str(Path(sys.executable).with_name("alkit")), "--project", str(directory), *args]
-    started = time.perf_counter()
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - started
-    out, err = process.stdout.read(), process.stderr.read()
+    # Output goes to files, not pipes: wait4 does not read, and a child filling a 64 KB pipe
+    # would block forever (it did: `alkit fit` at 1M).
+    with tempfile.TemporaryFile("w+") as stdout_file, tempfile.TemporaryFile("w+") as stderr_file:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, cwd=ROOT, stdout=stdout_file, stderr=stderr_file, text=True)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - started
+        stdout_file.seek(0)
+        stderr_file.seek(0)
+        out, err = stdout_file.read(), stderr_file.read()
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         raise SystemExit(f"{' '.join(args)} failed ({process.returncode}): {err[-2000:]}")

@@ -13,6 +13,7 @@ from alkit.errors import AlkitError, ConfigError, LockedError
 
 DEFAULT_DB_FILE = "alkit.db"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+IN_LIST_IDS = 10_000  # ids per `IN (...)` list (below every backend's bound-parameter limit)
 
 
 def database_error(error: BaseException) -> AlkitError | None:

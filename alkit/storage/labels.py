@@ -13,6 +13,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from alkit.storage.db import IN_LIST_IDS
 from alkit.storage.schema import LabelSource, classes, images, labels
 
 
@@ -121,11 +122,15 @@ def exported_labels(connection: Connection) -> list[sa.Row]:
 def resolved_labels(connection: Connection, image_ids: Iterable[int] | None = None) -> dict[int, int]:
     """One class id per labelled image: the majority over its labels, ties to the newest."""
     query = sa.select(labels.c.image_id, labels.c.class_id, labels.c.created_at, labels.c.id)
-    if image_ids is not None:
-        query = query.where(labels.c.image_id.in_(list(image_ids)))
+    wanted = None if image_ids is None else set(image_ids)
+    if wanted is not None and len(wanted) <= IN_LIST_IDS:
+        query = query.where(labels.c.image_id.in_(sorted(wanted)))
+    # A longer id list (a whole 1M pool) is filtered here instead: SQLite refuses that many bound
+    # parameters, and the labels table is small next to the pool.
     votes: dict[int, list[tuple]] = defaultdict(list)
     for image_id, class_id, created_at, label_id in connection.execute(query):
-        votes[image_id].append((class_id, created_at, label_id))
+        if wanted is None or image_id in wanted:
+            votes[image_id].append((class_id, created_at, label_id))
     resolved: dict[int, int] = {}
     for image_id, rows in votes.items():
         counts = Counter(class_id for class_id, _, _ in rows)

@@ -18,12 +18,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from alkit.errors import IntegrityError, StateError
+from alkit.storage.db import IN_LIST_IDS
 from alkit.storage.schema import embeddings, images
 from alkit.storage.shards import COMBINED_KINDS, VARIANCE_KINDS, VECTOR_KINDS, shard_path
 from alkit.storage.specs import spec_directory, spec_row
 
 DEFAULT_CHUNK_ROWS = 65_536  # rows per `iter_vector_chunks` chunk: 128 MiB of float32 at D = 512
-IN_LIST_IDS = 10_000  # ids per `IN (...)` list (below every backend's bound-parameter limit)
 DENSE_SPAN = 4  # read an id set as one id range when its span is at most this many times its size
 
 
