@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from alkit.atomic import atomic_write_text
 from alkit.errors import ConfigError
 
 CONFIG_FILE = "alkit.toml"
@@ -187,10 +188,8 @@ def write_config_file(project_dir: Path, updates: Mapping[str, Any]) -> Path:
         else:
             data[name] = _coerce(SPECS_BY_NAME[name], value, "value")
     path = project_dir / CONFIG_FILE
-    temporary = path.with_suffix(".toml.tmp")
     header = "# alkit project settings. Precedence: flag > ALKIT_* environment variable > this file > default.\n"
-    temporary.write_text(header + tomli_w.dumps(data), encoding="utf-8")
-    os.replace(temporary, path)
+    atomic_write_text(path, header + tomli_w.dumps(data))
     return path
 
 

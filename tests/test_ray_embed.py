@@ -7,7 +7,6 @@ import sys
 import textwrap
 
 import numpy as np
-import pytest
 import sqlalchemy as sa
 
 import ray  # the `test` extra installs ray[data]; a missing ray is a failure, not a skip
@@ -52,14 +51,6 @@ def _same_vectors(project_a, spec_a, project_b, spec_b):
         ids_b, b = load_vectors(project_b, spec_b, kind=kind)
         assert ids_a.tolist() == ids_b.tolist()
         np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-3)
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def _project(root, paths, **settings):

@@ -6,21 +6,13 @@ import shutil
 
 import pytest
 
-import ray  # the `test` extra installs ray[data]; a missing ray is a failure, not a skip
+import ray  # noqa: F401  (the `test` extra installs ray[data]; a missing ray is a failure, not a skip)
 
 CASES = [  # (strategy, batch mode, near-duplicate threshold)
     ("margin", "top", None), ("margin", "power", None), ("margin", "softmax", None), ("margin", "softrank", None),
     ("entropy", "power", None), ("bald", "power", None),
     ("bald", "softmax", 0.3),  # near-duplicate suppression drops many draws (growth: test_acquisition_sharded)
 ]
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture

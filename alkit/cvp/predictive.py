@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from alkit.arrays import l2_normalise
 from alkit.posterior.probcosine import GaussianEmbeddings, cosine_moments, fixed_embeddings, probit_softmax
 
 
@@ -59,7 +60,7 @@ def unit_embedding_moments(phi_mean, phi_var, projection) -> tuple[np.ndarray, n
     S_g = |mu_g|^2 + tr C (the random norm, as ProbCosine normalises). Chunked over images."""
     image = projected_embeddings(phi_mean, phi_var, projection)
     mean = image.mean
-    unit = mean / np.linalg.norm(mean, axis=1, keepdims=True)
+    unit = l2_normalise(mean)
     second = np.einsum("nd,nd->n", mean, mean) + image.trace  # S_g
     basis = image.basis  # (D, q) unit columns; coef (N, q)
     variances = np.empty_like(mean)
