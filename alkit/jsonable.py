@@ -11,10 +11,10 @@ from typing import Any
 def jsonable(value: Any) -> Any:
     """`value` as plain JSON types: results via their `as_json`, dataclasses field by field,
     numpy arrays and scalars as lists and numbers, paths as strings, enums as their values."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value.value if isinstance(value, Enum) else value
     if isinstance(value, Enum):
         return value.value
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
     if hasattr(value, "as_json") and callable(value.as_json):
         return value.as_json()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):

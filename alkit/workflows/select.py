@@ -187,16 +187,12 @@ def _posterior_for_selection(project, context, settings: SelectSettings, notes: 
     return row.version, posterior, f"{kind}{fitted.kind} posterior v{fitted.version}"
 
 
-def _feature_kind(posterior) -> str:
-    return posterior.feature_kind
-
-
 def score_candidates(project, context, posterior, candidate_ids: np.ndarray, settings: SelectSettings) -> np.ndarray:
     """Scores `(N,)` of the candidates by `settings.strategy`, in chunks, with one set of shared
     weight samples (also what `alkit report` rescores the pool with)."""
     from alkit.storage.vectors import load_vectors
 
-    kind = _feature_kind(posterior)
+    kind = posterior.feature_kind
 
     def features(ids: np.ndarray) -> np.ndarray:
         return load_vectors(project, context.spec.id, ids, kind=kind)[1]  # ids are ascending, all embedded
@@ -219,7 +215,7 @@ def _pool_scoring(project, context, posterior, candidate_ids: np.ndarray, settin
         # its draws and probabilities are float64: float32 round-off was 3.6e-7 there.
         weights = promote_samples(weights)
         target_ids = _epig_target_ids(project, context, candidate_ids, settings)
-        _, target_x = load_vectors(project, context.spec.id, target_ids, kind=_feature_kind(posterior))
+        _, target_x = load_vectors(project, context.spec.id, target_ids, kind=posterior.feature_kind)
         target_probs = posterior.sample_probs(weights, target_x)  # (S, M, K), same draws as the pool
     # Logits fast path (same scores up to float32 round-off): see acquisition.pipeline.score_features.
     fast = weights is not None and scorer.logits_function is not None and posterior.fast_sample_logits
@@ -244,7 +240,7 @@ def _select_on_ray(project, context, posterior, candidate_ids: np.ndarray, setti
                                   mode, seed, beta, settings.dedup_threshold, rows_of_ids)
 
     scoring = _pool_scoring(project, context, posterior, candidate_ids, settings)
-    chosen, stats = select_on_ray(project.directory, context.spec.id, _feature_kind(posterior), candidate_ids, scoring,
+    chosen, stats = select_on_ray(project.directory, context.spec.id, posterior.feature_kind, candidate_ids, scoring,
                                   settings.workers, choose, settings.address)
     notes.append(f"scored on Ray: {stats.actors} actors, one shard each; slowest shard "
                  f"{max(stats.shard_seconds, default=0.0):.2f} s to load and score")
@@ -314,7 +310,7 @@ def _sample_probs(project, context, posterior, candidate_ids: np.ndarray, settin
     from alkit.storage.vectors import load_vectors
 
     def sample_probs(positions: np.ndarray) -> np.ndarray:
-        _, x = load_vectors(project, context.spec.id, candidate_ids[positions], kind=_feature_kind(posterior))
+        _, x = load_vectors(project, context.spec.id, candidate_ids[positions], kind=posterior.feature_kind)
         return posterior.sample_probs(posterior.sample_weights(settings.samples, settings.seed), x)
 
     return sample_probs
@@ -336,7 +332,7 @@ def _predictions(project, context, posterior, image_ids: np.ndarray) -> dict[int
         return {}
     from alkit.storage.vectors import load_vectors
 
-    ids, x = load_vectors(project, context.spec.id, image_ids, kind=_feature_kind(posterior))
+    ids, x = load_vectors(project, context.spec.id, image_ids, kind=posterior.feature_kind)
     probs = posterior.predict(x)  # (B, K)
     best = probs.argmax(axis=1)
     return {int(i): (context.class_names[int(k)], float(probs[row, k])) for row, (i, k) in enumerate(zip(ids, best))}
